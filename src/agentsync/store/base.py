@@ -1,0 +1,94 @@
+"""The Store protocol: durable shares, event logs and snapshots.
+
+A Store is the only durable state of agentsync. Callers (the hub) rely on this contract,
+whatever the backend:
+
+* ``append`` returns only after the events are committed (durable across SIGKILL of the
+  server). Concurrent appends may share one transaction (group commit), but each call
+  succeeds or fails as a whole.
+* Seqs are dense per session: an append whose first seq is not ``last_seq + 1``, or whose
+  seq or event id the session already holds, raises :class:`SeqConflict` and stores
+  nothing. This is what lets several nodes share one database (optimistic concurrency):
+  the loser reloads the tail and retries.
+* ``read_events`` returns events in seq order with no gap.
+* ``delete_share`` removes the share, its log and its snapshots, and leaves a tombstone so
+  that later requests can answer 410 rather than 404.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from agentsync.protocol import Event
+
+
+class SeqConflict(Exception):
+    """The append raced another writer (seq taken, gap, or duplicate event id)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShareRecord:
+    id: str
+    title: str
+    created_at: int  # ms since the epoch
+    expires_at: int | None  # ms since the epoch; None never expires
+    read: str  # "public" or "token"
+    secret_hash: bytes
+    read_token_hash: bytes | None
+    epoch: str
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    session_id: str
+    seq: int
+    state: bytes  # JSON of the materialized session state at ``seq``
+
+
+class Store(Protocol):
+    async def open(self) -> None:
+        """Connect and create the schema if needed."""
+
+    async def close(self) -> None:
+        """Finish pending commits and release every resource."""
+
+    async def ping(self) -> None:
+        """Raise if the store cannot serve requests (used by /readyz)."""
+
+    # shares
+    async def create_share(self, share: ShareRecord) -> None: ...
+
+    async def get_share(self, share_id: str) -> ShareRecord | None:
+        """The share, or None when unknown, deleted or purged."""
+
+    async def is_tombstoned(self, share_id: str) -> bool:
+        """True when the share existed and was deleted or expired."""
+
+    async def delete_share(self, share_id: str) -> bool:
+        """Delete share, log and snapshots; leave a tombstone. False when unknown."""
+
+    async def expired_shares(self, now_ms: int, limit: int) -> list[str]:
+        """Ids of live shares whose ``expires_at`` is at or before ``now_ms``."""
+
+    async def count_shares(self) -> int: ...
+
+    # the log
+    async def append(self, session_id: str, events: Sequence[Event]) -> None:
+        """Durably store ``events`` (consecutive seqs) or raise SeqConflict."""
+
+    async def read_events(self, session_id: str, after_seq: int, limit: int) -> list[Event]:
+        """Up to ``limit`` events with seq > ``after_seq``, in seq order."""
+
+    async def last_seq(self, session_id: str) -> int:
+        """The highest stored seq, 0 for an empty log."""
+
+    async def find_event_ids(self, session_id: str, ids: Sequence[str]) -> dict[str, int]:
+        """Map each of ``ids`` the session already holds to its seq."""
+
+    # snapshots
+    async def save_snapshot(self, snapshot: Snapshot) -> None:
+        """Keep ``snapshot`` as the session's latest if it is newer than the stored one."""
+
+    async def load_snapshot(self, session_id: str) -> Snapshot | None: ...
