@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
+from websockets.frames import Frame, Opcode
 
 # --- close codes -----------------------------------------------------------------------
 # 4000-4499: "reconnect and resume from (epoch, seq)". 4500-4999: "do not retry".
@@ -165,7 +166,7 @@ def _require(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where
     if key not in obj:
         raise InvalidEvent(f"{where}: missing field {key!r}", code="missing_field")
     value = obj[key]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
         raise InvalidEvent(
             f"{where}: field {key!r} must be {name}, got {type(value).__name__}",
@@ -254,7 +255,9 @@ def decode_json(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"the body is not valid JSON (UTF-8): {exc}", code="malformed_json") from exc
+        raise BadRequest(
+            f"the body is not valid JSON (UTF-8): {exc}", code="malformed_json"
+        ) from exc
 
 
 # --- frames ----------------------------------------------------------------------------
@@ -267,3 +270,8 @@ def events_frame(encoded_events: list[bytes]) -> bytes:
 
 def encode(obj: Any) -> bytes:
     return orjson.dumps(obj)
+
+
+def ws_text_frame(payload: bytes) -> bytes:
+    """A complete unmasked WebSocket text frame: serialized once, written to many readers."""
+    return Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=[])

@@ -1,0 +1,162 @@
+"""Configuration: defaults, then a TOML file, then AGENTSYNC_* env vars, then flags."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Every setting of a node. Each field is also a flag (--max-batch) and an env var
+    (AGENTSYNC_MAX_BATCH); ``help`` metadata documents it in ``agentsync serve --help``."""
+
+    host: str = dataclasses.field(default="127.0.0.1", metadata={"help": "address to bind"})
+    port: int = dataclasses.field(default=8787, metadata={"help": "port to listen on"})
+    data: str = dataclasses.field(
+        default="./agentsync-data", metadata={"help": "data directory (SQLite database)"}
+    )
+    public_url: str = dataclasses.field(
+        default="", metadata={"help": "base URL in share links (default http://HOST:PORT)"}
+    )
+    sqlite_synchronous: str = dataclasses.field(
+        default="NORMAL",
+        metadata={"help": "NORMAL survives a killed server, FULL also a power loss"},
+    )
+    rate_limit: float = dataclasses.field(
+        default=200.0, metadata={"help": "events per second per session (0 disables)"}
+    )
+    rate_burst: float = dataclasses.field(
+        default=2000.0, metadata={"help": "events a session may write in a burst"}
+    )
+    max_event_bytes: int = dataclasses.field(
+        default=256 * 1024, metadata={"help": "largest event, encoded (413 above)"}
+    )
+    max_batch: int = dataclasses.field(
+        default=1000, metadata={"help": "most events in one append (413 above)"}
+    )
+    max_body_bytes: int = dataclasses.field(
+        default=8 * 1024 * 1024, metadata={"help": "largest request body or WS frame"}
+    )
+    default_ttl_seconds: int = dataclasses.field(
+        default=30 * 24 * 3600, metadata={"help": "share lifetime when create gives none"}
+    )
+    max_ttl_seconds: int = dataclasses.field(
+        default=365 * 24 * 3600, metadata={"help": "longest share lifetime accepted"}
+    )
+    backlog_events: int = dataclasses.field(
+        default=10_000, metadata={"help": "recent events kept in memory per live session"}
+    )
+    backlog_bytes: int = dataclasses.field(
+        default=16 * 1024 * 1024, metadata={"help": "bytes of recent events kept per session"}
+    )
+    max_reader_lag: int = dataclasses.field(
+        default=5_000,
+        metadata={"help": "events a WebSocket reader may fall behind before it is cut off"},
+    )
+    max_frame_events: int = dataclasses.field(
+        default=1000, metadata={"help": "most events coalesced into one frame"}
+    )
+    ws_compression: bool = dataclasses.field(
+        default=False, metadata={"help": "offer permessage-deflate (costs ~3x CPU per send)"}
+    )
+    snapshot_every: int = dataclasses.field(
+        default=1000, metadata={"help": "events between stored snapshots of a session"}
+    )
+    idle_evict_seconds: float = dataclasses.field(
+        default=60.0, metadata={"help": "unload a session with no readers after this long"}
+    )
+    sweep_interval_seconds: float = dataclasses.field(
+        default=30.0, metadata={"help": "how often expired shares are deleted"}
+    )
+    log_level: str = dataclasses.field(default="info", metadata={"help": "debug/info/warning"})
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def sqlite_path(self) -> Path:
+        return Path(self.data) / "agentsync.db"
+
+
+def _convert(name: str, kind: type, raw: Any) -> Any:
+    if isinstance(raw, kind) and not (kind is int and isinstance(raw, bool)):
+        return raw
+    text = str(raw).strip()
+    try:
+        if kind is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(text)
+        return kind(text)
+    except ValueError:
+        raise SystemExit(
+            f"agentsync: setting {name!r} must be {kind.__name__}, got {raw!r}"
+        ) from None
+
+
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per Config field; unset flags stay None so lower layers show through."""
+    parser.add_argument("--config", help="TOML file of settings (env AGENTSYNC_CONFIG)")
+    for f in fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        env = "AGENTSYNC_" + f.name.upper()
+        help_text = f"{f.metadata.get('help', '')} [env {env}, default {f.default!r}]"
+        if _TYPES[str(f.type)] is bool:
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, help=help_text)
+
+
+def load(args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None) -> Config:
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    config_file = (getattr(args, "config", None) if args else None) or env.get("AGENTSYNC_CONFIG")
+    if config_file:
+        try:
+            with open(config_file, "rb") as fh:
+                document = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SystemExit(f"agentsync: cannot read config file {config_file}: {exc}") from exc
+        known = {f.name for f in fields(Config)}
+        for key, value in document.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise SystemExit(f"agentsync: unknown setting {key!r} in {config_file}")
+            values[name] = value
+    for f in fields(Config):
+        raw = env.get("AGENTSYNC_" + f.name.upper())
+        if raw is not None:
+            values[f.name] = raw
+        if args is not None and getattr(args, f.name, None) is not None:
+            values[f.name] = getattr(args, f.name)
+    converted = {
+        name: _convert(name, _TYPES[str(f.type)], values[name])
+        for f in fields(Config)
+        if (name := f.name) in values
+    }
+    return Config(**converted)
+
+
+def from_argv(argv: Sequence[str]) -> Config:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return load(parser.parse_args(list(argv)))

@@ -1,0 +1,424 @@
+"""The hub: session id -> live session. Loads on demand, evicts idle, fans out.
+
+The hub is where the I/O-free :mod:`agentsync.session` core meets the store and the
+connections. An append is prepared by the core (seqs assigned), stored durably, and only
+then committed and fanned out, in the order prepared. Fan-out encodes each batch once;
+readers that are parked and up to date get the frame written straight to their socket,
+the others are woken and coalesce what they missed into fewer frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from agentsync import protocol
+from agentsync.config import Config
+from agentsync.limits import RateLimiter
+from agentsync.metrics import Metrics
+from agentsync.protocol import (
+    CLOSE_GONE,
+    CLOSE_SERVER_SHUTDOWN,
+    Event,
+    Gone,
+    NewEvent,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+)
+from agentsync.session import Backlog, Reader, Session, SessionState
+from agentsync.store.base import SeqConflict, ShareRecord, Snapshot, Store
+
+log = logging.getLogger("agentsync.hub")
+
+LOAD_PAGE = 5000
+
+
+class ReaderLink(Protocol):
+    """What the hub needs from one WebSocket reader's connection."""
+
+    reader: Reader
+
+    def push(self, payload: bytes, wire: bytes | None, end_seq: int) -> bool:
+        """Write a frame now if the socket takes it without waiting; True when written."""
+
+    def wake(self) -> None:
+        """New events exist: the connection's own task catches up."""
+
+    def send_presence(self, payload: bytes) -> None:
+        """Best effort: presence is ephemeral and may be skipped for a busy socket."""
+
+    def close(self, code: int, reason: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    seqs: list[int]
+    last_seq: int
+    epoch: str
+
+
+@dataclass(eq=False)
+class LiveSession:
+    share: ShareRecord
+    core: Session
+    links: dict[str, ReaderLink] = field(default_factory=dict)
+    # Resolved at each commit (and on delete) and replaced: SSE and long-poll wait on it.
+    changed: asyncio.Future[None] = field(default_factory=lambda: _new_future())
+    # Completion of the newest in-flight append: commits happen in the order prepared.
+    tail: asyncio.Future[None] | None = None
+    snapshot_seq: int = 0
+    last_active: float = field(default_factory=time.monotonic)
+    waiters: int = 0  # SSE and long-poll requests in progress
+    gone: str | None = None  # why the share stopped serving (deleted / expired)
+
+    @property
+    def id(self) -> str:
+        return self.share.id
+
+    def expired(self, now_ms: int) -> bool:
+        return self.share.expires_at is not None and self.share.expires_at <= now_ms
+
+    def wait_changed(self) -> asyncio.Future[None]:
+        return self.changed
+
+    def signal(self) -> None:
+        if not self.changed.done():
+            self.changed.set_result(None)
+        self.changed = _new_future()
+
+
+def _new_future() -> asyncio.Future[None]:
+    return asyncio.get_running_loop().create_future()
+
+
+class Hub:
+    """Owns the live sessions of this node; the server's handlers call into it."""
+
+    def __init__(self, config: Config, store: Store, metrics: Metrics) -> None:
+        self.config = config
+        self.store = store  # the durable log and shares
+        self.metrics = metrics
+        self.sessions: dict[str, LiveSession] = {}
+        self._loading: dict[str, asyncio.Future[LiveSession]] = {}
+        self.write_limiter = RateLimiter(config.rate_limit, config.rate_burst, what="session write")
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    # lifecycle
+
+    async def start(self) -> None:
+        await self.store.open()
+        self.spawn(self._evict_loop())
+        self.spawn(self._sweep_loop())
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def begin_shutdown(self) -> None:
+        """Close every reader with a resumable code and end SSE and long-poll waits."""
+        self._closing = True
+        for live in list(self.sessions.values()):
+            for link in list(live.links.values()):
+                link.close(CLOSE_SERVER_SHUTDOWN, "server shutting down; resume from your seq")
+            live.signal()
+
+    async def stop(self) -> None:
+        """Close readers with a resumable code, keep snapshots, close the store."""
+        self.begin_shutdown()
+        for live in list(self.sessions.values()):
+            with contextlib.suppress(Exception):
+                if live.tail is not None:
+                    await asyncio.wait_for(asyncio.shield(live.tail), 5)
+                await self._save_snapshot(live)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.store.close()
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Run ``coro`` in the background, owned (and cancelled at stop) by the hub."""
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # loading
+
+    async def get(self, session_id: str) -> LiveSession:
+        """The live session, loaded on first use; raises NotFound or Gone."""
+        live = self.sessions.get(session_id)
+        if live is None:
+            pending = self._loading.get(session_id)
+            if pending is None:
+                pending = asyncio.get_running_loop().create_future()
+                self._loading[session_id] = pending
+                try:
+                    live = await self._load(session_id)
+                except BaseException as exc:
+                    pending.set_exception(exc)
+                    pending.exception()  # mark retrieved: only waiters care
+                    raise
+                else:
+                    pending.set_result(live)
+                finally:
+                    del self._loading[session_id]
+            else:
+                live = await asyncio.shield(pending)
+        if live.expired(protocol.now_ms()):
+            await self.drop(live, "expired")
+        if live.gone is not None:
+            raise Gone(f"share {session_id} was {live.gone}")
+        live.last_active = time.monotonic()
+        return live
+
+    async def _load(self, session_id: str) -> LiveSession:
+        share = await self.store.get_share(session_id)
+        if share is None:
+            if await self.store.is_tombstoned(session_id):
+                raise Gone(f"share {session_id} was deleted or has expired")
+            raise NotFound(f"no share with id {session_id}")
+        snap = await self.store.load_snapshot(session_id)
+        if snap is not None:
+            state = SessionState.from_json(orjson.loads(snap.state))
+        else:
+            state = SessionState(
+                {
+                    "id": share.id,
+                    "title": share.title,
+                    "created_at": share.created_at,
+                    "expires_at": share.expires_at,
+                    "read": share.read,
+                }
+            )
+        core = Session(
+            share.id,
+            share.epoch,
+            state,
+            Backlog(self.config.backlog_events, self.config.backlog_bytes),
+            all_ids_known=snap is None or snap.seq == 0,
+        )
+        while True:
+            page = await self.store.read_events(session_id, core.last_seq, LOAD_PAGE)
+            core.load(page)
+            if len(page) < LOAD_PAGE:
+                break
+        live = LiveSession(share, core, snapshot_seq=snap.seq if snap else 0)
+        self.sessions[session_id] = live
+        self.metrics.sessions.set(len(self.sessions))
+        log.debug("loaded session %s at seq %d", session_id, core.last_seq)
+        return live
+
+    # writing
+
+    def check_write(self, live: LiveSession, batch: Sequence[NewEvent]) -> None:
+        """Limits that apply before anything is prepared (413, 429)."""
+        for i, event in enumerate(batch):
+            size = len(orjson.dumps(event.data))
+            if size > self.config.max_event_bytes:
+                raise PayloadTooLarge(
+                    f"events[{i}] is {size} bytes; the limit is {self.config.max_event_bytes}"
+                )
+        self.write_limiter.check(live.id, float(len(batch)))
+
+    async def append(
+        self, live: LiveSession, batch: Sequence[NewEvent], *, rate_limited: bool = True
+    ) -> AppendResult:
+        """Store ``batch`` durably, then make it visible; returns one seq per event.
+
+        ``rate_limited=False`` is for the server's own bulk writes (import).
+        """
+        if rate_limited:
+            self.check_write(live, batch)
+        # Shielded: once the store has the batch, the commit and fan-out must happen even
+        # if the client that sent it goes away.
+        return await asyncio.shield(self._append(live, batch))
+
+    async def _append(self, live: LiveSession, batch: Sequence[NewEvent]) -> AppendResult:
+        started = time.perf_counter()
+        core = live.core
+        unknown = core.unknown_ids(e.id for e in batch)
+        if unknown:
+            core.learn_ids(await self.store.find_event_ids(live.id, unknown))
+        if live.gone is not None:
+            raise Gone(f"share {live.id} was {live.gone}")
+        prepared = core.prepare(batch)
+        previous = live.tail
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        live.tail = done
+        try:
+            if prepared.new_events:
+                try:
+                    await self.store.append(live.id, prepared.new_events)
+                except (SeqConflict, OSError, RuntimeError) as exc:
+                    log.error("append to %s failed: %s; reloading the session", live.id, exc)
+                    if not core.abort(prepared):
+                        await self.drop(live, None)
+                    raise Unavailable("the write could not be stored; retry it") from exc
+            if previous is not None:
+                await previous
+            if live.gone is None:
+                core.commit(prepared)
+                if prepared.new_events:
+                    self._fanout(live, prepared.new_events)
+        finally:
+            done.set_result(None)
+            if live.tail is done:
+                live.tail = None
+        stored = len(prepared.new_events)
+        self.metrics.events_in.inc(stored)
+        if stored < len(batch):
+            self.metrics.events_duplicate.inc(len(batch) - stored)
+        self.metrics.append_seconds.observe(time.perf_counter() - started)
+        live.last_active = time.monotonic()
+        if core.last_seq - live.snapshot_seq >= self.config.snapshot_every:
+            self.spawn(self._save_snapshot(live))
+        return AppendResult(prepared.seqs, core.last_seq, core.epoch)
+
+    def _fanout(self, live: LiveSession, events: list[Event]) -> None:
+        first, last = events[0].seq, events[-1].seq
+        payload = protocol.events_frame([e.encoded for e in events])
+        wire: bytes | None = None
+        pushed = 0
+        for link in live.links.values():
+            reader = link.reader
+            if reader.idle and reader.cursor == first - 1:
+                if wire is None:
+                    wire = protocol.ws_text_frame(payload)
+                if link.push(payload, wire, last):
+                    pushed += 1
+                    continue
+            link.wake()
+        if pushed:
+            self.metrics.frames_sent.inc(pushed)
+            self.metrics.events_out.labels("ws").inc(pushed * len(events))
+        live.signal()
+
+    async def _save_snapshot(self, live: LiveSession) -> None:
+        core = live.core
+        if core.last_seq <= live.snapshot_seq or core.in_flight:
+            return
+        seq = core.last_seq
+        state = orjson.dumps(core.snapshot())
+        await self.store.save_snapshot(Snapshot(live.id, seq, state))
+        live.snapshot_seq = max(live.snapshot_seq, seq)
+
+    # reading
+
+    async def events_after(self, live: LiveSession, since: int, limit: int) -> list[Event]:
+        """Committed events after ``since``: from memory when held, else from the store."""
+        limit = max(1, min(limit, self.config.max_frame_events))
+        if since >= live.core.last_seq:
+            return []
+        events = live.core.backlog.after(since, limit)
+        if events is None:
+            events = await self.store.read_events(live.id, since, limit)
+            events = [e for e in events if e.seq <= live.core.last_seq]
+        return events
+
+    # readers and presence
+
+    def attach(self, live: LiveSession, link: ReaderLink) -> None:
+        """Start delivering to ``link``; announce it with ``broadcast_presence`` once the
+        link has sent its greeting."""
+        live.links[link.reader.id] = link
+        live.core.attach(link.reader)
+        self.metrics.connections.labels("ws").inc()
+
+    def detach(self, live: LiveSession, link: ReaderLink) -> None:
+        if live.links.pop(link.reader.id, None) is None:
+            return
+        live.core.detach(link.reader)
+        live.last_active = time.monotonic()
+        self.metrics.connections.labels("ws").dec()
+        self.broadcast_presence(live, left=link.reader)
+
+    def participants(self, live: LiveSession) -> list[dict[str, Any]]:
+        return [
+            {"id": r.id, "name": r.name, "writer": r.can_write}
+            for r in live.core.readers.values()
+            if r.name is not None
+        ]
+
+    def broadcast_presence(
+        self, live: LiveSession, *, joined: Reader | None = None, left: Reader | None = None
+    ) -> None:
+        who = joined or left
+        if who is None or who.name is None:
+            return
+        frame = protocol.encode(
+            {
+                "op": "presence",
+                "participants": self.participants(live),
+                "joined" if joined else "left": {"id": who.id, "name": who.name},
+            }
+        )
+        for link in live.links.values():
+            link.send_presence(frame)
+
+    # deletion, expiry, eviction
+
+    async def drop(self, live: LiveSession, gone: str | None) -> None:
+        """Unload a session; when ``gone`` is set it stops serving and readers are closed."""
+        if self.sessions.get(live.id) is live:
+            del self.sessions[live.id]
+            self.metrics.sessions.set(len(self.sessions))
+        live.gone = gone or live.gone
+        code, reason = (
+            (CLOSE_GONE, f"share was {gone}")
+            if gone
+            else (CLOSE_SERVER_SHUTDOWN, "session reloading; resume from your seq")
+        )
+        for link in list(live.links.values()):
+            link.close(code, reason)
+        live.signal()
+
+    async def delete(self, session_id: str) -> bool:
+        live = self.sessions.get(session_id)
+        if live is not None:
+            await self.drop(live, "deleted")
+        return await self.store.delete_share(session_id)
+
+    async def _evict_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(10.0, max(0.05, self.config.idle_evict_seconds / 2)))
+            await self.evict_idle()
+
+    async def evict_idle(self) -> None:
+        cutoff = time.monotonic() - self.config.idle_evict_seconds
+        for live in list(self.sessions.values()):
+            if live.links or live.waiters or live.tail is not None or live.last_active > cutoff:
+                continue
+            try:
+                await self._save_snapshot(live)
+            except Exception:
+                log.exception("snapshot of %s failed; keeping it loaded", live.id)
+                continue
+            if not live.links and not live.waiters and live.tail is None:
+                await self.drop(live, None)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sweep_interval_seconds)
+            try:
+                await self.sweep_expired()
+            except Exception:
+                log.exception("expiry sweep failed")
+
+    async def sweep_expired(self) -> int:
+        expired = await self.store.expired_shares(protocol.now_ms(), 500)
+        for share_id in expired:
+            live = self.sessions.get(share_id)
+            if live is not None:
+                await self.drop(live, "expired")
+            await self.store.delete_share(share_id)
+            log.info("share %s expired and was deleted", share_id)
+        return len(expired)

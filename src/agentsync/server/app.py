@@ -1,0 +1,160 @@
+"""The composition root: a :class:`Node` built from a Config, its ASGI app, and ``run``.
+
+Nothing is global: the node owns the store, the metrics and the hub, and the Starlette
+app reaches them through ``app.state``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, WebSocketRoute
+
+from agentsync.config import Config
+from agentsync.hub import Hub
+from agentsync.metrics import Metrics
+from agentsync.protocol import AgentsyncError, BadRequest, NotFound
+from agentsync.server import http, viewer, ws
+from agentsync.server.wsproto import AgentsyncWebSocketProtocol
+from agentsync.store.base import Store
+
+log = logging.getLogger("agentsync")
+
+
+@dataclass
+class Node:
+    """One agentsync server process."""
+
+    config: Config
+    store: Store  # durable shares, logs and snapshots
+    metrics: Metrics  # this node's Prometheus registry
+    hub: Hub  # live sessions, fan-out
+
+    @classmethod
+    def from_config(cls, config: Config) -> Node:
+        from agentsync.store.sqlite import SQLiteStore
+
+        store = SQLiteStore(config.sqlite_path, synchronous=config.sqlite_synchronous)
+        metrics = Metrics()
+        return cls(config, store, metrics, Hub(config, store, metrics))
+
+
+async def _agentsync_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, AgentsyncError)
+    hub: Hub = request.app.state.hub
+    hub.metrics.rejected.labels(exc.code).inc()
+    return http.error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return http.error_response(NotFound(f"no route for {request.method} {request.url.path}"))
+    err = BadRequest(str(exc.detail))
+    err.status = exc.status_code
+    err.code = "method_not_allowed" if exc.status_code == 405 else "bad_request"
+    return http.error_response(err)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return http.json_response(
+        {"error": {"code": "internal", "message": "internal error; see the server log"}}, 500
+    )
+
+
+def create_app(node: Node) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await node.hub.start()
+        log.info("agentsync ready: data in %s", node.config.data)
+        try:
+            yield
+        finally:
+            await node.hub.stop()
+            log.info("agentsync stopped: every acknowledged event is stored")
+
+    routes = [
+        Route("/v1/shares", http.create_share, methods=["POST"]),
+        Route("/v1/shares/{session_id}", http.delete_share, methods=["DELETE"]),
+        Route("/v1/sessions/import", http.import_session, methods=["POST"]),
+        Route("/v1/sessions/{session_id}/events", http.append_events, methods=["POST"]),
+        Route("/v1/sessions/{session_id}/events", http.list_events, methods=["GET"]),
+        Route("/v1/sessions/{session_id}", http.get_snapshot, methods=["GET"]),
+        Route("/v1/sessions/{session_id}/stream", http.stream_events, methods=["GET"]),
+        Route("/v1/sessions/{session_id}/export", http.export_session, methods=["GET"]),
+        WebSocketRoute("/v1/sessions/{session_id}/ws", ws.websocket_endpoint),
+        Route("/share/{session_id}", viewer.share_page, methods=["GET"]),
+        Route("/healthz", http.healthz, methods=["GET"]),
+        Route("/readyz", http.readyz, methods=["GET"]),
+        Route("/metrics", http.metrics, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            AgentsyncError: _agentsync_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
+    )
+    app.state.hub = node.hub
+    app.state.node = node
+    app.state.draining = False
+    return app
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, told to close our readers with a resumable code before its own shutdown."""
+
+    def __init__(self, config: uvicorn.Config, hub: Hub) -> None:
+        super().__init__(config)
+        self.hub = hub
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        log.info("shutting down: closing readers with 4000 (resume), flushing writes")
+        self.hub.begin_shutdown()
+        await super().shutdown(sockets)
+
+
+def uvicorn_config(node: Node, app: Starlette) -> uvicorn.Config:
+    config = node.config
+    return uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        ws=AgentsyncWebSocketProtocol,
+        ws_per_message_deflate=config.ws_compression,
+        ws_max_size=config.max_body_bytes,
+        lifespan="on",
+        log_level=config.log_level,
+        access_log=config.log_level == "debug",
+        timeout_graceful_shutdown=10,
+    )
+
+
+def run(config: Config) -> None:
+    """Serve until SIGTERM or SIGINT; exit cleanly after closing readers and flushing."""
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    node = Node.from_config(config)
+    server = _Server(uvicorn_config(node, create_app(node)), node.hub)
+    # uvicorn re-raises the signal it caught once it has shut down; with these handlers in
+    # place that re-raise is harmless and the process exits 0 after a clean shutdown.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    asyncio.run(server.serve())
+    if not server.started:
+        raise SystemExit(1)

@@ -1,0 +1,425 @@
+"""One conformance suite for every Store backend (store/base.py).
+
+Each backend is one entry in ``BACKENDS``: a factory that builds a store over a durable
+location (given a fresh ``tmp_path``; calling it again with the same path reopens the same
+data, as another process or node would), and a probe that lists whatever rows of a share
+remain after deletion, read straight from the database rather than through the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sqlite3
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import pytest
+
+from agentsync.protocol import Event, NewEvent, new_id
+from agentsync.store.base import SeqConflict, ShareRecord, Snapshot, Store
+from agentsync.store.sqlite import SQLiteStore
+
+# --- backends --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    make: Callable[[Path], Store]
+    leftovers: Callable[[Path, str], Awaitable[dict[str, int]]]
+    """Rows per table that still mention a share id, read from the database itself."""
+
+
+def _sqlite_make(path: Path) -> Store:
+    return SQLiteStore(path / "data" / "agentsync.db")
+
+
+async def _sqlite_leftovers(path: Path, share_id: str) -> dict[str, int]:
+    def scan() -> dict[str, int]:
+        conn = sqlite3.connect(path / "data" / "agentsync.db")
+        try:
+            tables = [
+                row[0]
+                for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            ]
+            found: dict[str, int] = {}
+            for table in tables:
+                hits = sum(
+                    1
+                    for row in conn.execute(f'SELECT * FROM "{table}"')
+                    if any(share_id in str(value) for value in row)
+                )
+                if hits:
+                    found[table] = hits
+            return found
+        finally:
+            conn.close()
+
+    return await asyncio.to_thread(scan)
+
+
+BACKENDS: dict[str, Backend] = {
+    backend.name: backend for backend in [Backend("sqlite", _sqlite_make, _sqlite_leftovers)]
+}
+
+
+@pytest.fixture(params=list(BACKENDS))
+def backend(request: pytest.FixtureRequest) -> Backend:
+    return BACKENDS[request.param]
+
+
+@pytest.fixture
+async def store(backend: Backend, tmp_path: Path) -> AsyncIterator[Store]:
+    store = backend.make(tmp_path)
+    await store.open()
+    yield store
+    await store.close()
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def event(seq: int, event_id: str | None = None, text: str = "") -> Event:
+    data = {"id": f"m{seq}", "role": "assistant", "content": text or f"text {seq} é ✓"}
+    return Event.make(seq, NewEvent(event_id or f"e{seq}", "message", 1_700_000_000_000, data))
+
+
+def events(first: int, last: int) -> list[Event]:
+    return [event(seq) for seq in range(first, last + 1)]
+
+
+def share(share_id: str | None = None, *, expires_at: int | None = None) -> ShareRecord:
+    return ShareRecord(
+        id=share_id or new_id(),
+        title="a session",
+        created_at=1_700_000_000_000,
+        expires_at=expires_at,
+        read="token",
+        secret_hash=b"\x00\x01secret-hash",
+        read_token_hash=b"token-hash\xff",
+        epoch="ep1",
+    )
+
+
+async def seqs(store: Store, session_id: str) -> list[int]:
+    return [e.seq for e in await store.read_events(session_id, 0, 1_000_000)]
+
+
+# --- the log ---------------------------------------------------------------------------
+
+
+async def test_append_then_read_back_in_order(store: Store) -> None:
+    written = events(1, 3)
+    await store.append("s", written)
+    await store.append("s", events(4, 4))
+    read = await store.read_events("s", 0, 100)
+    assert [e.seq for e in read] == [1, 2, 3, 4]
+    for got, want in zip(read, [*written, event(4)], strict=True):
+        assert (got.id, got.type, got.ts, got.data) == (want.id, want.type, want.ts, want.data)
+        assert orjson.loads(got.encoded) == orjson.loads(want.encoded)
+    assert await store.read_events("other", 0, 100) == []
+
+
+async def test_seqs_stay_dense_and_last_seq_follows(store: Store) -> None:
+    assert await store.last_seq("s") == 0
+    await store.append("s", events(1, 5))
+    await store.append("s", events(6, 6))
+    await store.append("s", events(7, 20))
+    assert await seqs(store, "s") == list(range(1, 21))
+    assert await store.last_seq("s") == 20
+    assert await store.last_seq("unknown") == 0
+
+
+@pytest.mark.parametrize(
+    ("batch", "why"),
+    [
+        (events(5, 6), "gap after the last seq"),
+        (events(3, 4), "reuses a stored seq"),
+        ([event(4, "e1")], "reuses a stored event id"),
+        ([event(4, "x"), event(5, "x")], "repeats an event id within the batch"),
+        ([event(4), event(6)], "seqs not consecutive"),
+        (events(0, 0), "seq 0"),
+    ],
+)
+async def test_conflicting_append_raises_and_stores_nothing(
+    store: Store, batch: list[Event], why: str
+) -> None:
+    await store.append("s", events(1, 3))
+    with pytest.raises(SeqConflict):
+        await store.append("s", batch)
+    assert await seqs(store, "s") == [1, 2, 3], why
+    await store.append("s", events(4, 5))  # the log is still usable where it was
+    assert await seqs(store, "s") == [1, 2, 3, 4, 5]
+
+
+async def test_first_append_must_start_at_one(store: Store) -> None:
+    with pytest.raises(SeqConflict):
+        await store.append("s", events(2, 3))
+    assert await seqs(store, "s") == []
+
+
+async def test_conflict_in_a_group_spares_the_other_appends(store: Store) -> None:
+    await store.append("s", events(1, 2))
+    # Submitted together so that a group-committing backend puts them in one transaction;
+    # the bad batch fails on its second row, after its first row was inserted.
+    results = await asyncio.gather(
+        store.append("a", events(1, 3)),
+        store.append("s", [event(3), event(4, "e1")]),
+        store.append("b", events(1, 1)),
+        store.append("s", [event(3, "other")]),
+        return_exceptions=True,
+    )
+    assert results[0] is None and results[2] is None and results[3] is None
+    assert isinstance(results[1], SeqConflict)
+    assert await seqs(store, "a") == [1, 2, 3]
+    assert await seqs(store, "b") == [1]
+    read = await store.read_events("s", 0, 10)
+    assert [(e.seq, e.id) for e in read] == [(1, "e1"), (2, "e2"), (3, "other")]
+
+
+async def test_concurrent_appends_all_commit(store: Store) -> None:
+    commits_before = getattr(store, "commits", None)
+    await asyncio.gather(*(store.append(f"s{i}", events(1, 2)) for i in range(200)))
+    for i in range(200):
+        assert await seqs(store, f"s{i}") == [1, 2]
+    if commits_before is not None:  # group commit: far fewer transactions than appends
+        commits = store.commits - commits_before  # type: ignore[attr-defined]
+        assert 1 <= commits < 100
+
+
+async def test_concurrent_racing_appends_one_wins(store: Store) -> None:
+    results = await asyncio.gather(
+        *(store.append("s", [event(1, f"w{i}")]) for i in range(20)), return_exceptions=True
+    )
+    assert sum(r is None for r in results) == 1
+    assert all(isinstance(r, SeqConflict) for r in results if r is not None)
+    assert await seqs(store, "s") == [1]
+
+
+async def test_read_events_after_and_limit(store: Store) -> None:
+    await store.append("s", events(1, 10))
+    assert [e.seq for e in await store.read_events("s", 0, 3)] == [1, 2, 3]
+    assert [e.seq for e in await store.read_events("s", 3, 3)] == [4, 5, 6]
+    assert [e.seq for e in await store.read_events("s", 8, 100)] == [9, 10]
+    assert await store.read_events("s", 10, 100) == []
+    assert await store.read_events("s", 50, 100) == []
+
+
+async def test_find_event_ids(store: Store) -> None:
+    await store.append("s", events(1, 5))
+    await store.append("t", [event(1, "e9")])
+    assert await store.find_event_ids("s", ["e2", "nope", "e5", "e2", "e9"]) == {
+        "e2": 2,
+        "e5": 5,
+    }
+    assert await store.find_event_ids("s", []) == {}
+    assert await store.find_event_ids("unknown", ["e1"]) == {}
+    many = [f"x{i}" for i in range(2500)] + ["e4"]
+    assert await store.find_event_ids("s", many) == {"e4": 4}
+
+
+async def test_stores_are_shared_through_the_database(backend: Backend, tmp_path: Path) -> None:
+    """Two stores on one database (two processes, two nodes) never break density."""
+    first, second = backend.make(tmp_path), backend.make(tmp_path)
+    await first.open()
+    await second.open()
+    try:
+        await first.append("s", events(1, 3))
+        await second.append("s", events(4, 5))
+        with pytest.raises(SeqConflict):
+            await first.append("s", events(4, 4))  # first believes the log ends at 3
+        with pytest.raises(SeqConflict):
+            await first.append("s", events(7, 7))
+        await first.append("s", events(6, 6))
+        await second.append("s", events(7, 7))
+        assert await seqs(first, "s") == list(range(1, 8))
+        assert await first.last_seq("s") == 7
+
+        await first.create_share(share("gone"))
+        await first.append("gone", events(1, 2))
+        assert await second.delete_share("gone")
+        with pytest.raises(SeqConflict):
+            await first.append("gone", events(3, 3))  # the log it knew is gone
+        assert await seqs(second, "gone") == []
+    finally:
+        await first.close()
+        await second.close()
+
+
+# --- shares ----------------------------------------------------------------------------
+
+
+async def test_share_create_get_delete_tombstone(store: Store) -> None:
+    record = share()
+    assert await store.get_share(record.id) is None
+    assert not await store.is_tombstoned(record.id)
+    await store.create_share(record)
+    assert await store.get_share(record.id) == record
+    assert await store.count_shares() == 1
+    assert not await store.is_tombstoned(record.id)
+
+    assert await store.delete_share(record.id) is True
+    assert await store.get_share(record.id) is None
+    assert await store.is_tombstoned(record.id)
+    assert await store.count_shares() == 0
+    assert await store.delete_share(record.id) is False
+    assert await store.delete_share("never-existed") is False
+    assert not await store.is_tombstoned("never-existed")
+
+
+async def test_public_share_without_token_round_trips(store: Store) -> None:
+    record = ShareRecord("pub", "", 1, None, "public", b"h", None, "e")
+    await store.create_share(record)
+    assert await store.get_share("pub") == record
+
+
+async def test_delete_leaves_nothing_but_the_tombstone(
+    store: Store, backend: Backend, tmp_path: Path
+) -> None:
+    record, kept = share(), share()
+    for r in (record, kept):
+        await store.create_share(r)
+        await store.append(r.id, events(1, 5))
+        await store.save_snapshot(Snapshot(r.id, 5, b'{"messages":[]}'))
+    assert await store.delete_share(record.id)
+
+    assert await store.read_events(record.id, 0, 100) == []
+    assert await store.last_seq(record.id) == 0
+    assert await store.load_snapshot(record.id) is None
+    assert await store.find_event_ids(record.id, ["e1"]) == {}
+    assert await backend.leftovers(tmp_path, record.id) == {"tombstones": 1}
+    assert await seqs(store, kept.id) == [1, 2, 3, 4, 5]
+    assert await store.load_snapshot(kept.id) is not None
+
+
+async def test_expired_shares(store: Store) -> None:
+    now = 1_800_000_000_000
+    await store.create_share(share("past", expires_at=now - 10))
+    await store.create_share(share("now", expires_at=now))
+    await store.create_share(share("future", expires_at=now + 1))
+    await store.create_share(share("forever"))
+    assert sorted(await store.expired_shares(now, 100)) == ["now", "past"]
+    assert len(await store.expired_shares(now, 1)) == 1
+    await store.delete_share("past")
+    assert await store.expired_shares(now, 100) == ["now"]
+
+
+# --- snapshots -------------------------------------------------------------------------
+
+
+async def test_snapshot_newer_wins(store: Store) -> None:
+    assert await store.load_snapshot("s") is None
+    await store.save_snapshot(Snapshot("s", 5, b"five"))
+    await store.save_snapshot(Snapshot("s", 3, b"three"))
+    assert await store.load_snapshot("s") == Snapshot("s", 5, b"five")
+    await store.save_snapshot(Snapshot("s", 5, b"five again"))
+    assert await store.load_snapshot("s") == Snapshot("s", 5, b"five")
+    await store.save_snapshot(Snapshot("s", 9, b"nine"))
+    assert await store.load_snapshot("s") == Snapshot("s", 9, b"nine")
+    assert await store.load_snapshot("t") is None
+
+
+# --- lifecycle and durability ----------------------------------------------------------
+
+
+async def test_close_is_idempotent_and_data_survives_reopen(
+    backend: Backend, tmp_path: Path
+) -> None:
+    store = backend.make(tmp_path)
+    await store.close()  # never opened
+    await store.open()
+    await store.open()
+    await store.ping()
+    pending = [asyncio.ensure_future(store.append(f"s{i}", events(1, 3))) for i in range(50)]
+    await asyncio.sleep(0)
+    await store.close()  # finishes what was queued
+    await store.close()
+    await asyncio.gather(*pending)
+
+    reopened = backend.make(tmp_path)
+    await reopened.open()
+    try:
+        for i in range(50):
+            assert await seqs(reopened, f"s{i}") == [1, 2, 3]
+        await reopened.append("s0", events(4, 4))
+        with pytest.raises(SeqConflict):
+            await reopened.append("s1", events(1, 1))
+    finally:
+        await reopened.close()
+
+
+CHILD = """
+import asyncio, importlib.util, sys
+from pathlib import Path
+
+spec = importlib.util.spec_from_file_location("conformance", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+sys.modules["conformance"] = module
+spec.loader.exec_module(module)
+backend, path = module.BACKENDS[sys.argv[2]], Path(sys.argv[3])
+
+async def write(store, session_id):
+    seq = 0
+    while True:
+        n = 1 + seq % 3
+        await store.append(session_id, module.events(seq + 1, seq + n))
+        seq += n
+        sys.stdout.write(f"{session_id} {seq}\\n")
+        sys.stdout.flush()
+
+async def main():
+    store = backend.make(path)
+    await store.open()
+    await asyncio.gather(*(write(store, f"s{i}") for i in range(4)))
+
+asyncio.run(main())
+"""
+
+
+async def test_sigkill_loses_no_acknowledged_event(backend: Backend, tmp_path: Path) -> None:
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        CHILD,
+        __file__,
+        backend.name,
+        str(tmp_path),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert child.stdout is not None
+    acked: dict[str, int] = {}
+
+    def record(line: bytes) -> None:
+        session_id, seq = line.split()
+        assert int(seq) > acked.get(session_id.decode(), 0)
+        acked[session_id.decode()] = int(seq)
+
+    try:
+        for _ in range(400):
+            line = await asyncio.wait_for(child.stdout.readline(), timeout=30)
+            assert line, "the writer exited early"
+            record(line)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # already dead: a failure above
+            os.kill(child.pid, signal.SIGKILL)
+        await child.wait()
+    rest = await child.stdout.read()  # lines written after an ack, before the kill
+    for line in rest.split(b"\n")[:-1]:  # the last piece may be cut short
+        record(line)
+    assert child.returncode == -signal.SIGKILL
+
+    store = backend.make(tmp_path)
+    await store.open()
+    try:
+        for session_id, last_acked in acked.items():
+            stored = await seqs(store, session_id)
+            assert stored == list(range(1, len(stored) + 1)), "gap or disorder"
+            assert len(stored) >= last_acked, f"{session_id}: lost acked events"
+    finally:
+        await store.close()
