@@ -908,6 +908,7 @@ def run_point(srv: Server, r: int, mode: str, a: argparse.Namespace) -> dict[str
         "ack_p50_ms": done["ack_p50_ms"],
         "ack_p99_ms": done["ack_p99_ms"],
         "delivered": events,
+        "events_per_frame": events / max(1, sum(x["frames"] for x in results)),
         "expected_deliveries": expected,
         "delivered_per_s": events / max(1e-9, wall),
         "p50_ms": pct(lat, 0.50),
@@ -937,6 +938,7 @@ def run_point(srv: Server, r: int, mode: str, a: argparse.Namespace) -> dict[str
 NUMERIC_MEDIAN = (
     "published_per_s",
     "delivered_per_s",
+    "events_per_frame",
     "p50_ms",
     "p99_ms",
     "drain_s",
@@ -999,14 +1001,15 @@ def note(x: dict[str, Any]) -> str:
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| server | R | mode | pub ev/s | delivered ev/s | p50 ms | p99 ms | drain s "
-        "| CPU µs/dlv | RSS MB | gap/dup | srv CPU % | load CPU % | core1 % | notes |"
+        "| ev/frame | CPU µs/dlv | RSS MB | gap/dup | srv CPU % | load CPU % | core1 % | notes |"
     )
-    lines = [head, "|" + "---|" * 15]
+    lines = [head, "|" + "---|" * 16]
     for x in rows:
         lines.append(
             f"| {x['server']} | {x['readers']} | {x['mode']} | {fmt(x['published_per_s'])} "
             f"| {fmt(x['delivered_per_s'])} | {fmt(x['p50_ms'])} | {fmt(x['p99_ms'])} "
-            f"| {fmt(x['drain_s'])} | {fmt(x['cpu_us_per_delivery'])} "
+            f"| {fmt(x['drain_s'])} | {fmt(x['events_per_frame'], 1)} "
+            f"| {fmt(x['cpu_us_per_delivery'])} "
             f"| {fmt(x['server_rss_mb'], 0)} "
             f"| {x['gaps']}/{x['dups']} | {fmt(x['server_cpu_pct'], 0)} "
             f"| {fmt(x['load_cpu_pct'], 0)} | {fmt(x['core1_pct'], 0)} "

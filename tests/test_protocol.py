@@ -42,7 +42,8 @@ def test_invalid_events_are_422_with_a_reason(event: Any, code: str) -> None:
 
 def test_valid_event_gets_id_and_ts() -> None:
     ev = parse_event({"type": "status", "data": {"status": "idle", "extra": [1]}})
-    assert len(ev.id) >= 16 and ev.ts > 0 and ev.data["extra"] == [1]
+    assert ev.id and ev.ts > 0 and ev.data["extra"] == [1]
+    assert parse_event({"type": "status", "data": {"status": "x"}}).id != ev.id
 
 
 def test_batches() -> None:

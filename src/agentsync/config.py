@@ -63,6 +63,10 @@ class Config:
     max_frame_events: int = dataclasses.field(
         default=1000, metadata={"help": "most events coalesced into one frame"}
     )
+    fanout_pause: float = dataclasses.field(
+        default=1.0,
+        metadata={"help": "after a fan-out round taking T, wait T x this before the next"},
+    )
     ws_compression: bool = dataclasses.field(
         default=False, metadata={"help": "offer permessage-deflate (costs ~3x CPU per send)"}
     )

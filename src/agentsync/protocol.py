@@ -7,6 +7,7 @@ adapter never invents either (see SPEC.md §3).
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import time
 from dataclasses import dataclass
@@ -120,6 +121,16 @@ def new_id(nbytes: int = 16) -> str:
     return secrets.token_urlsafe(nbytes)
 
 
+_EVENT_ID_PREFIX = secrets.token_urlsafe(9)
+_event_counter = itertools.count(1)
+
+
+def new_event_id() -> str:
+    """An id for an event submitted without one: unique, not secret, and cheap (a random
+    per-process prefix and a counter) since it is made for every such event."""
+    return f"{_EVENT_ID_PREFIX}.{next(_event_counter):x}"
+
+
 @dataclass(frozen=True, slots=True)
 class NewEvent:
     """An event as a writer submitted it, validated, before it has a seq."""
@@ -229,7 +240,7 @@ def parse_event(obj: Any, index: int = 0) -> NewEvent:
     validate_data(type_, data, where)
     event_id = _optional(obj, "id", str, where)
     if event_id is None:
-        event_id = new_id(12)
+        event_id = new_event_id()
     _check_id(event_id, where)
     ts = _optional(obj, "ts", int, where)
     if ts is None:

@@ -23,7 +23,6 @@ to the in-memory backlog and makes them visible to readers. Invariants (SPEC.md 
 
 from __future__ import annotations
 
-import copy
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from agentsync.protocol import Conflict, Event, InvalidEvent, NewEvent, events_f
 class SessionState:
     """The materialized session: info, ordered messages with tool calls, status, seq."""
 
-    __slots__ = ("info", "messages", "seq", "status")
+    __slots__ = ("_deltas", "info", "messages", "seq", "status")
 
     def __init__(self, info: dict[str, Any]) -> None:
         self.info: dict[str, Any] = dict(info)
@@ -45,6 +44,9 @@ class SessionState:
         self.messages: dict[str, dict[str, Any]] = {}
         self.status: str = "idle"
         self.seq: int = 0
+        # Streamed deltas not yet joined into their message's content: appending to a
+        # growing string per token would make a long message quadratic to build.
+        self._deltas: dict[str, list[str]] = {}
 
     def check(self, event: NewEvent, new_message_ids: set[str]) -> None:
         """Raise InvalidEvent when ``event`` refers to a message that does not exist."""
@@ -65,15 +67,20 @@ class SessionState:
         data = event.data
         kind = event.type
         if kind == "message":
-            message = copy.deepcopy(data)
-            message.setdefault("content", "")
-            message.setdefault("toolCalls", [])
-            message.setdefault("toolResults", [])
+            # Shallow copies suffice: the fold replaces items, it never edits them in place.
+            message = dict(data)
+            message["content"] = data.get("content") or ""
+            message["toolCalls"] = list(data.get("toolCalls") or [])
+            message["toolResults"] = list(data.get("toolResults") or [])
             message["ts"] = event.ts
             self.messages[data["id"]] = message
+            self._deltas.pop(data["id"], None)
         elif kind == "message.delta":
-            target = self.messages[data["id"]]
-            target["content"] = (target.get("content") or "") + data["delta"]
+            parts = self._deltas.get(data["id"])
+            if parts is None:
+                self._deltas[data["id"]] = [data["delta"]]
+            else:
+                parts.append(data["delta"])
         elif kind == "tool_call":
             call = {k: v for k, v in data.items() if k != "messageId"}
             _upsert(self.messages[data["messageId"]]["toolCalls"], "id", call)
@@ -89,7 +96,14 @@ class SessionState:
                 self.info["metadata"] = {**self.info.get("metadata", {}), **data["metadata"]}
         self.seq = event.seq
 
+    def _join_deltas(self) -> None:
+        for message_id, parts in self._deltas.items():
+            message = self.messages[message_id]
+            message["content"] = (message.get("content") or "") + "".join(parts)
+        self._deltas.clear()
+
     def to_json(self, epoch: str) -> dict[str, Any]:
+        self._join_deltas()
         return {
             "session": self.info,
             "messages": list(self.messages.values()),

@@ -6,7 +6,6 @@ app reaches them through ``app.state``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import signal
@@ -135,6 +134,8 @@ def uvicorn_config(node: Node, app: Starlette) -> uvicorn.Config:
         host=config.host,
         port=config.port,
         ws=AgentsyncWebSocketProtocol,
+        http="httptools",
+        loop="uvloop" if _has_uvloop() else "asyncio",
         ws_per_message_deflate=config.ws_compression,
         ws_max_size=config.max_body_bytes,
         lifespan="on",
@@ -142,6 +143,14 @@ def uvicorn_config(node: Node, app: Starlette) -> uvicorn.Config:
         access_log=config.log_level == "debug",
         timeout_graceful_shutdown=10,
     )
+
+
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def run(config: Config) -> None:
@@ -155,6 +164,6 @@ def run(config: Config) -> None:
     # place that re-raise is harmless and the process exits 0 after a clean shutdown.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    asyncio.run(server.serve())
+    server.run()
     if not server.started:
         raise SystemExit(1)
