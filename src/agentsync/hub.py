@@ -323,6 +323,8 @@ class Hub:
                 if frame and link.push(frame[0], frame[1], frame[2]):
                     pushed += 1
                     delivered += frame[2] - before
+                    if frame[2] < last:  # more than one frame's worth: the link's task
+                        link.wake()  # sends the rest
                     continue
             link.wake()
         if pushed:
