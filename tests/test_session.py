@@ -219,3 +219,12 @@ def test_encoded_envelope_matches_stored_roundtrip() -> None:
     original = Event.make(7, new("message", {"id": "m", "role": "user", "content": "é\u2028"}, "x"))
     stored = Event.from_stored(7, "x", "message", original.ts, orjson.dumps(original.data))
     assert orjson.loads(stored.encoded) == orjson.loads(original.encoded) == original.to_json()
+
+
+def test_frames_are_bounded_by_bytes_too() -> None:
+    b = Backlog(max_events=1000, max_bytes=1 << 30)
+    b.extend(events_of([("status", {"status": "x" * 1000}) for _ in range(50)]))
+    chunk = b.after(0, 1000, max_bytes=10_000) or []
+    assert 5 <= len(chunk) < 10 and chunk[0].seq == 1
+    huge = b.after(0, 1000, max_bytes=1) or []
+    assert [e.seq for e in huge] == [1]

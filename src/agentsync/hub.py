@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -39,6 +40,7 @@ from agentsync.store.base import SeqConflict, ShareRecord, Snapshot, Store
 log = logging.getLogger("agentsync.hub")
 
 LOAD_PAGE = 5000
+GONE_MEMORY = 10_000
 
 
 class ReaderLink(Protocol):
@@ -112,6 +114,9 @@ class Hub:
         self._loading: dict[str, asyncio.Future[LiveSession]] = {}
         self.write_limiter = RateLimiter(config.rate_limit, config.rate_burst, what="session write")
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Recently deleted or expired ids (the store keeps tombstones for good; this
+        # closes the window while a delete commits).
+        self._gone: OrderedDict[str, str] = OrderedDict()
         self._closing = False
 
     # lifecycle
@@ -183,6 +188,7 @@ class Hub:
         return live
 
     async def _load(self, session_id: str) -> LiveSession:
+        self._check_gone(session_id)
         share = await self.store.get_share(session_id)
         if share is None:
             if await self.store.is_tombstoned(session_id):
@@ -213,11 +219,17 @@ class Hub:
             core.load(page)
             if len(page) < LOAD_PAGE:
                 break
+        self._check_gone(session_id)  # deleted while we were loading
         live = LiveSession(share, core, snapshot_seq=snap.seq if snap else 0)
         self.sessions[session_id] = live
         self.metrics.sessions.set(len(self.sessions))
         log.debug("loaded session %s at seq %d", session_id, core.last_seq)
         return live
+
+    def _check_gone(self, session_id: str) -> None:
+        why = self._gone.get(session_id)
+        if why is not None:
+            raise Gone(f"share {session_id} was {why}")
 
     # writing
 
@@ -412,11 +424,23 @@ class Hub:
             link.close(code, reason)
         live.signal()
 
-    async def delete(self, session_id: str) -> bool:
+    async def delete(self, session_id: str, why: str = "deleted") -> bool:
+        """Delete a share everywhere; its readers are closed with 4510.
+
+        The id is remembered as gone before the store is asked, so no request can load
+        the share again while the delete commits, and the live session refuses new
+        appends at once (appends already queued are committed, then deleted).
+        """
+        self._gone[session_id] = why
+        while len(self._gone) > GONE_MEMORY:
+            self._gone.popitem(last=False)
         live = self.sessions.get(session_id)
         if live is not None:
-            await self.drop(live, "deleted")
-        return await self.store.delete_share(session_id)
+            live.gone = why
+        existed = await self.store.delete_share(session_id)
+        if live is not None:
+            await self.drop(live, why)
+        return existed
 
     async def _evict_loop(self) -> None:
         while True:
@@ -447,10 +471,7 @@ class Hub:
     async def sweep_expired(self) -> int:
         expired = await self.store.expired_shares(protocol.now_ms(), 500)
         for share_id in expired:
-            live = self.sessions.get(share_id)
-            if live is not None:
-                await self.drop(live, "expired")
-            await self.store.delete_share(share_id)
+            await self.delete(share_id, "expired")
             log.info("share %s expired and was deleted", share_id)
         return len(expired)
 

@@ -131,6 +131,8 @@ def _upsert(items: list[dict[str, Any]], key: str, item: dict[str, Any]) -> None
 
 # --- the backlog of recent encoded events ---------------------------------------------
 
+FRAME_BYTES = 1 << 20  # a frame carries about this much at most, whatever its event count
+
 
 class Backlog:
     """The newest committed events, kept encoded for catch-up and fan-out."""
@@ -155,8 +157,9 @@ class Backlog:
         ):
             self._bytes -= len(self._events.popleft().encoded)
 
-    def after(self, seq: int, limit: int) -> list[Event] | None:
-        """Events with seq > ``seq`` (up to ``limit``), or None if some were dropped."""
+    def after(self, seq: int, limit: int, max_bytes: int = FRAME_BYTES) -> list[Event] | None:
+        """Events with seq > ``seq``, at most ``limit`` of them and about ``max_bytes``
+        (always at least one), or None if some of them were dropped already."""
         if not self._events:
             return None
         first = self._events[0].seq
@@ -166,7 +169,15 @@ class Backlog:
         if start >= len(self._events):
             return []
         end = min(len(self._events), start + limit)
-        return [self._events[i] for i in range(start, end)]
+        out: list[Event] = []
+        size = 0
+        for i in range(start, end):
+            event = self._events[i]
+            size += len(event.encoded)
+            if out and size > max_bytes:
+                break
+            out.append(event)
+        return out
 
 
 # --- readers ---------------------------------------------------------------------------

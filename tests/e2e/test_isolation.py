@@ -7,7 +7,6 @@ import asyncio
 from typing import Any
 
 import httpx
-import pytest
 
 from ._support import (
     SseClient,
@@ -188,12 +187,6 @@ async def test_delete_closes_readers_and_serves_nothing(
     assert (await ws_rejected(server, sid))[0] == 4510
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: hub.delete() drops the live session before the store delete commits; "
-    "a request in that window (e.g. a woken long-poll) reloads the share from the store and "
-    "the deleted share is served again and accepts writes",
-)
 async def test_delete_while_long_polls_wait(server: Any, http: httpx.AsyncClient) -> None:
     """Long-polls waiting on a share when it is deleted answer 410, and the share stays
     deleted: no request in flight may bring it back. The store is kept busy with another

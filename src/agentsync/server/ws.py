@@ -68,11 +68,25 @@ class WsLink:
     def wake(self) -> None:
         if self.closed:
             return
-        if self.live.core.lag(self.reader) > self._max_lag:
-            self.hub.metrics.slow_consumers.inc()
-            self.close(CLOSE_SLOW_CONSUMER, "reader too slow; reconnect and resume from your seq")
+        if self._too_slow():
             return
         self._wakeup.set()
+
+    def _too_slow(self) -> bool:
+        """Cut the reader off when it is far behind *and* its socket is not draining.
+
+        A reader catching up quickly (its socket keeps taking frames) is never cut off,
+        however far behind it started; one that stopped reading is, once it misses more
+        than ``max_reader_lag`` events. Nothing is buffered per reader beyond the socket's
+        own write buffer, so this bounds time spent on dead readers, not memory.
+        """
+        if self.live.core.lag(self.reader) <= self._max_lag:
+            return False
+        if self.direct is not None and self.direct.writable():
+            return False
+        self.hub.metrics.slow_consumers.inc()
+        self.close(CLOSE_SLOW_CONSUMER, "reader too slow; reconnect and resume from your seq")
+        return True
 
     def send_presence(self, payload: bytes) -> None:
         self.send_side(payload)
@@ -122,9 +136,7 @@ class WsLink:
                 while self._side and not self.closed:
                     await self._send(self._side.popleft())
                 if reader.cursor < core.last_seq:
-                    if core.lag(reader) > self._max_lag:
-                        metrics.slow_consumers.inc()
-                        self.close(CLOSE_SLOW_CONSUMER, "reader too slow; resume from your seq")
+                    if self._too_slow():
                         return
                     try:
                         pending = core.pending_frame(reader, self._max_frame)
