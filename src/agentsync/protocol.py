@@ -131,7 +131,9 @@ def new_event_id() -> str:
     return f"{_EVENT_ID_PREFIX}.{next(_event_counter):x}"
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs a setattr call per field, and these
+# are made for every event on the ingest path. Treat them as immutable all the same.
+@dataclass(slots=True)
 class NewEvent:
     """An event as a writer submitted it, validated, before it has a seq."""
 
@@ -141,7 +143,7 @@ class NewEvent:
     data: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
     """An accepted event. ``encoded`` is its JSON envelope, made once and reused."""
 

@@ -148,10 +148,9 @@ class Backlog:
         """The oldest seq held; ``last_seq + 1`` when empty."""
         return self._events[0].seq if self._events else -1
 
-    def extend(self, events: Iterable[Event]) -> None:
-        for event in events:
-            self._events.append(event)
-            self._bytes += len(event.encoded)
+    def extend(self, events: Sequence[Event]) -> None:
+        self._events.extend(events)
+        self._bytes += sum([len(event.encoded) for event in events])
         while self._events and (
             len(self._events) > self.max_events or self._bytes > self.max_bytes
         ):
