@@ -357,9 +357,13 @@ class Reader:
             if op != "events":
                 return
             self.awaiting_first = False
-        if b'"events"' not in p:
-            return  # presence and other frames
-        seqs = SEQ_RE.findall(p)
+            # The resumed greeting also carries the log's last "seq" at top level: take
+            # the events' seqs from the parsed frame, not from the regex.
+            seqs = [str(e["seq"]).encode() for e in m["events"]]
+        else:
+            if b'"events"' not in p:
+                return  # presence and other frames
+            seqs = SEQ_RE.findall(p)
         n = len(seqs)
         if not n:
             return

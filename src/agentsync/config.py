@@ -79,6 +79,9 @@ class Config:
     sweep_interval_seconds: float = dataclasses.field(
         default=30.0, metadata={"help": "how often expired shares are deleted"}
     )
+    gil_switch_ms: float = dataclasses.field(
+        default=0.5, metadata={"help": "Python's thread switch interval (latency vs. CPU)"}
+    )
     log_level: str = dataclasses.field(default="info", metadata={"help": "debug/info/warning"})
 
     @property

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,6 +29,8 @@ from agentsync.protocol import (
 )
 from agentsync.session import CatchUp
 from agentsync.store.base import ShareRecord
+
+log = logging.getLogger("agentsync.http")
 
 JSON = "application/json"
 SSE_KEEPALIVE = 15.0
@@ -137,6 +140,12 @@ async def create_share(request: Request) -> Response:
     body = await read_json_object(request, optional=True)
     share, secret, read_token = new_share_from(hub, body)
     await hub.store.create_share(share)
+    log.info(
+        "share %s created (read=%s, expires in %ds)",
+        share.id,
+        share.read,
+        (share.expires_at or 0) // 1000 - share.created_at // 1000,
+    )
     return json_response(share_created(hub, share, secret, read_token), 201)
 
 
@@ -188,6 +197,7 @@ async def delete_share(request: Request) -> Response:
     live = await hub.get(request.path_params["session_id"])
     auth.require_secret(auth.bearer(request.headers.get("authorization")), live.share.secret_hash)
     await hub.delete(live.id)
+    log.info("share %s deleted by its owner", live.id)
     return Response(status_code=204)
 
 
@@ -368,6 +378,7 @@ async def import_session(request: Request) -> Response:
         raise
     out = share_created(hub, share, secret, read_token)
     out["imported"] = len(batch)
+    log.info("share %s imported with %d events", share.id, len(batch))
     return json_response(out, 201)
 
 
