@@ -228,3 +228,17 @@ def test_frames_are_bounded_by_bytes_too() -> None:
     assert 5 <= len(chunk) < 10 and chunk[0].seq == 1
     huge = b.after(0, 1000, max_bytes=1) or []
     assert [e.seq for e in huge] == [1]
+
+
+def test_pipelined_batch_may_refer_to_a_message_still_in_flight() -> None:
+    s = make_session()
+    first = s.prepare([new("message", {"id": "m", "role": "assistant"})])
+    second = s.prepare([new("message.delta", {"id": "m", "delta": "hi"})])
+    s.commit(first)
+    s.commit(second)
+    assert s.snapshot()["messages"][0]["content"] == "hi"
+    # once the creating batch is aborted, the message is unknown again
+    third = s.prepare([new("message", {"id": "n", "role": "assistant"})])
+    assert s.abort(third)
+    with pytest.raises(InvalidEvent):
+        s.prepare([new("message.delta", {"id": "n", "delta": "x"})])

@@ -23,8 +23,8 @@ to the in-memory backlog and makes them visible to readers. Invariants (SPEC.md 
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterable, Sequence
+from collections import Counter, deque
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,12 +48,20 @@ class SessionState:
         # growing string per token would make a long message quadratic to build.
         self._deltas: dict[str, list[str]] = {}
 
-    def check(self, event: NewEvent, new_message_ids: set[str]) -> None:
-        """Raise InvalidEvent when ``event`` refers to a message that does not exist."""
+    def check(
+        self, event: NewEvent, new_message_ids: set[str], in_flight: Container[str] = ()
+    ) -> None:
+        """Raise InvalidEvent when ``event`` refers to a message that does not exist in
+        the state, earlier in its batch (``new_message_ids``) or in a batch prepared
+        before it and not committed yet (``in_flight``)."""
         if event.type in ("message.delta", "tool_call", "tool_result"):
             key = "id" if event.type == "message.delta" else "messageId"
             message_id = event.data[key]
-            if message_id not in self.messages and message_id not in new_message_ids:
+            if (
+                message_id not in self.messages
+                and message_id not in new_message_ids
+                and message_id not in in_flight
+            ):
                 raise InvalidEvent(
                     f"{event.type} refers to message {message_id!r}, which the session "
                     "does not hold; send a 'message' event with that id first",
@@ -220,6 +228,7 @@ class Prepared:
     seqs: list[int]  # one per submitted event, duplicates map to the original seq
     new_events: list[Event]  # only the events to store, in seq order
     waits_for: int  # highest seq this batch's answer depends on (its own or in-flight)
+    message_ids: list[str]  # messages this batch creates, visible to later batches at once
 
 
 @dataclass
@@ -235,6 +244,9 @@ class Session:
     all_ids_known: bool = True
     readers: dict[str, Reader] = field(default_factory=dict)
     _ids: dict[str, int] = field(default_factory=dict)
+    # Messages created by batches prepared but not committed: a pipelined batch may
+    # stream deltas into a message whose creating batch is still being stored.
+    _messages_in_flight: Counter[str] = field(default_factory=Counter)
     _next_seq: int = 0
     _committed_seq: int = 0
 
@@ -277,7 +289,7 @@ class Session:
                 seqs.append(seen)
                 waits_for = max(waits_for, seen)
                 continue
-            self.state.check(event, new_message_ids)
+            self.state.check(event, new_message_ids, self._messages_in_flight)
             batch_ids[event.id] = next_seq
             seqs.append(next_seq)
             fresh.append(event)
@@ -290,7 +302,15 @@ class Session:
             waits_for = new_events[-1].seq
         self._ids.update(batch_ids)
         self._next_seq = next_seq
-        return Prepared(seqs, new_events, waits_for)
+        created = [e.data["id"] for e in new_events if e.type == "message"]
+        self._messages_in_flight.update(created)
+        return Prepared(seqs, new_events, waits_for, created)
+
+    def _settle_messages(self, prepared: Prepared) -> None:
+        self._messages_in_flight.subtract(prepared.message_ids)
+        for message_id in prepared.message_ids:
+            if self._messages_in_flight[message_id] <= 0:
+                del self._messages_in_flight[message_id]
 
     def abort(self, prepared: Prepared) -> bool:
         """Undo the newest prepared batch after a failed store; False if not the newest."""
@@ -300,6 +320,7 @@ class Session:
             return False
         for event in prepared.new_events:
             self._ids.pop(event.id, None)
+        self._settle_messages(prepared)
         self._next_seq = prepared.new_events[0].seq
         return True
 
@@ -314,6 +335,7 @@ class Session:
             )
         for event in prepared.new_events:
             self.state.apply(event)
+        self._settle_messages(prepared)
         self.backlog.extend(prepared.new_events)
         self._committed_seq = prepared.new_events[-1].seq
 
