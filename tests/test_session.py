@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from agentsync.protocol import Conflict, Event, InvalidEvent, NewEvent, parse_event
+from agentsync.protocol import Conflict, Event, InvalidEvent, NewEvent, PayloadTooLarge, parse_event
 from agentsync.session import Backlog, CatchUp, Reader, Session, SessionState, SnapshotFirst
 
 
@@ -242,3 +242,12 @@ def test_pipelined_batch_may_refer_to_a_message_still_in_flight() -> None:
     assert s.abort(third)
     with pytest.raises(InvalidEvent):
         s.prepare([new("message.delta", {"id": "n", "delta": "x"})])
+
+
+def test_oversized_event_prepares_nothing() -> None:
+    s = make_session()
+    big = new("status", {"status": "x" * 2000})
+    with pytest.raises(PayloadTooLarge) as info:
+        s.prepare([new("status", {"status": "ok"}, "a"), big], max_event_bytes=1000)
+    assert "events[1]" in info.value.message
+    assert commit(s, [new("status", {"status": "ok"}, "a")]) == [1]

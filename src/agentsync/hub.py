@@ -31,7 +31,6 @@ from agentsync.protocol import (
     Gone,
     NewEvent,
     NotFound,
-    PayloadTooLarge,
     Unavailable,
 )
 from agentsync.session import Backlog, Reader, Session, SessionState
@@ -234,13 +233,7 @@ class Hub:
     # writing
 
     def check_write(self, live: LiveSession, batch: Sequence[NewEvent]) -> None:
-        """Limits that apply before anything is prepared (413, 429)."""
-        for i, event in enumerate(batch):
-            size = len(orjson.dumps(event.data))
-            if size > self.config.max_event_bytes:
-                raise PayloadTooLarge(
-                    f"events[{i}] is {size} bytes; the limit is {self.config.max_event_bytes}"
-                )
+        """The rate limit (429); the size limit (413) is checked as events are encoded."""
         self.write_limiter.check(live.id, float(len(batch)))
 
     async def append(
@@ -264,7 +257,7 @@ class Hub:
             core.learn_ids(await self.store.find_event_ids(live.id, unknown))
         if live.gone is not None:
             raise Gone(f"share {live.id} was {live.gone}")
-        prepared = core.prepare(batch)
+        prepared = core.prepare(batch, self.config.max_event_bytes)
         previous = live.tail
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         live.tail = done

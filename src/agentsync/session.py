@@ -28,7 +28,14 @@ from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentsync.protocol import Conflict, Event, InvalidEvent, NewEvent, events_frame
+from agentsync.protocol import (
+    Conflict,
+    Event,
+    InvalidEvent,
+    NewEvent,
+    PayloadTooLarge,
+    events_frame,
+)
 
 # --- the snapshot fold -----------------------------------------------------------------
 
@@ -273,8 +280,9 @@ class Session:
         """Remember ids the store holds for this session (see ``unknown_ids``)."""
         self._ids.update(known)
 
-    def prepare(self, batch: Sequence[NewEvent]) -> Prepared:
-        """Assign seqs to a validated batch; raise InvalidEvent and prepare nothing on error."""
+    def prepare(self, batch: Sequence[NewEvent], max_event_bytes: int = 1 << 30) -> Prepared:
+        """Assign seqs to a validated batch; on error (InvalidEvent, or PayloadTooLarge
+        for an event whose envelope passes ``max_event_bytes``) prepare nothing."""
         seqs: list[int] = []
         fresh: list[NewEvent] = []
         batch_ids: dict[str, int] = {}
@@ -298,6 +306,12 @@ class Session:
             Event.make(seq, ev)
             for seq, ev in zip(range(self._next_seq, next_seq), fresh, strict=True)
         ]
+        for i, made in enumerate(new_events):
+            if len(made.encoded) > max_event_bytes:
+                raise PayloadTooLarge(
+                    f"events[{batch.index(fresh[i])}] is {len(made.encoded)} bytes encoded; "
+                    f"the limit is {max_event_bytes}"
+                )
         if new_events:
             waits_for = new_events[-1].seq
         self._ids.update(batch_ids)
