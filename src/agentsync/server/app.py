@@ -25,7 +25,7 @@ from agentsync.config import Config
 from agentsync.hub import Hub
 from agentsync.metrics import Metrics
 from agentsync.protocol import AgentsyncError, BadRequest, NotFound
-from agentsync.server import http, viewer, ws
+from agentsync.server import http, openapi, viewer, ws
 from agentsync.server.wsproto import AgentsyncWebSocketProtocol
 from agentsync.store.base import Store
 
@@ -99,6 +99,7 @@ def create_app(node: Node) -> Starlette:
         Route("/healthz", http.healthz, methods=["GET"]),
         Route("/readyz", http.readyz, methods=["GET"]),
         Route("/metrics", http.metrics, methods=["GET"]),
+        Route("/openapi.json", openapi.openapi_endpoint, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,
