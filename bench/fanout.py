@@ -791,6 +791,8 @@ def start_servers(names: list[str], agentsync_cmd: str | None, data_dir: str) ->
                 helptext = subprocess.run([exe, "serve", "--help"], capture_output=True, text=True)
                 if "--rate-limit" in helptext.stdout:
                     cmd += ["--rate-limit", "0"]
+                if "--address-limits" in helptext.stdout:
+                    cmd += ["--no-address-limits"]
             servers.append(Server("agentsync", cmd, port, {"AGENTSYNC_RATE_LIMIT": "0"}))
     return servers
 

@@ -157,6 +157,9 @@ def server_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[S
     servers: list[ServerProcess] = []
 
     def start(**flags: Any) -> ServerProcess:
+        # Per-address limits would throttle a suite that talks from one address;
+        # tests of those limits turn them on with address_limits=True.
+        flags.setdefault("address_limits", False)
         n = len(servers)
         data_dir = tmp_path / f"data{n}"
         log_dir = tmp_path / f"logs{n}"

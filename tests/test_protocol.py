@@ -70,3 +70,16 @@ def test_close_code_ranges() -> None:
     for err in (protocol.Forbidden, protocol.NotFound, protocol.Gone, protocol.InvalidEvent):
         assert 4500 <= err.close_code < 5000
     assert 4000 <= protocol.RateLimited.close_code < 4500
+
+
+def test_deeply_nested_data_is_refused() -> None:
+    deep: dict[str, Any] = {"status": "x"}
+    node = deep
+    for _ in range(40):
+        node["n"] = {}
+        node = node["n"]
+    with pytest.raises(InvalidEvent) as info:
+        parse_event({"type": "status", "data": deep})
+    assert "nested deeper" in info.value.message
+    shallow: dict[str, Any] = {"status": "x", "n": [[{"a": [1]}]]}
+    assert parse_event({"type": "status", "data": shallow}).data == shallow

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import time
 from collections.abc import Sequence
+from typing import Any
 
 from agentsync import __version__, config
 
@@ -23,7 +27,97 @@ def build_parser() -> argparse.ArgumentParser:
         "and a TOML file (--config), in that order of precedence.",
     )
     config.add_arguments(serve)
+
+    admin = commands.add_parser(
+        "admin",
+        help="operator commands against a running server (needs its --admin-key)",
+        description="List, inspect, expire and delete any share on a server.",
+    )
+    admin.add_argument(
+        "--url",
+        default=os.environ.get("AGENTSYNC_URL", "http://127.0.0.1:8787"),
+        help="the server [env AGENTSYNC_URL]",
+    )
+    admin.add_argument(
+        "--admin-key",
+        default=os.environ.get("AGENTSYNC_ADMIN_KEY"),
+        help="the server's operator key [env AGENTSYNC_ADMIN_KEY]",
+    )
+    actions = admin.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="every live share")
+    listing.add_argument("--limit", type=int, default=100)
+    for name, text in (("show", "one share"), ("expire", "expire now"), ("delete", "delete")):
+        actions.add_parser(name, help=text).add_argument("session_id")
     return parser
+
+
+def run_admin(args: argparse.Namespace) -> int:
+    import httpx
+
+    if not args.admin_key:
+        print(
+            "agentsync admin: give the operator key with --admin-key or AGENTSYNC_ADMIN_KEY",
+            file=sys.stderr,
+        )
+        return 2
+    headers = {"Authorization": f"Bearer {args.admin_key}"}
+    base = args.url.rstrip("/") + "/v1/admin/shares"
+    try:
+        with httpx.Client(headers=headers, timeout=30) as client:
+            if args.action == "list":
+                after: str | None = None
+                rows: list[dict[str, object]] = []
+                while True:
+                    params: dict[str, str | int] = {"limit": min(args.limit - len(rows), 1000)}
+                    if after:
+                        params["after"] = after
+                    page = _checked(client.get(base, params=params))
+                    rows.extend(page["shares"])
+                    after = page["next"]
+                    if not after or len(rows) >= args.limit:
+                        break
+                print(f"{'SESSION':24} {'READ':6} {'READERS':>7} {'EXPIRES':20} TITLE")
+                for row in rows:
+                    expires = row.get("expires_at")
+                    when = (
+                        time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(str(expires)) / 1000))
+                        if expires
+                        else "never"
+                    )
+                    print(
+                        f"{row['session_id']!s:24} {row['read']!s:6} {row['readers']!s:>7} "
+                        f"{when:20} {row['title']}"
+                    )
+                print(f"({len(rows)} of {page['total']} shares)")
+            elif args.action == "show":
+                print(json.dumps(_checked(client.get(f"{base}/{args.session_id}")), indent=2))
+            elif args.action == "expire":
+                _checked(client.post(f"{base}/{args.session_id}/expire"))
+                print(f"share {args.session_id} expired")
+            else:
+                _checked(client.delete(f"{base}/{args.session_id}"))
+                print(f"share {args.session_id} deleted")
+    except httpx.HTTPError as exc:
+        print(f"agentsync admin: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+    except _Failed as exc:
+        print(f"agentsync admin: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+class _Failed(Exception):
+    pass
+
+
+def _checked(response: Any) -> Any:
+    if response.status_code >= 400:
+        try:
+            error = response.json()["error"]
+            raise _Failed(f"{response.status_code} {error['code']}: {error['message']}")
+        except (ValueError, KeyError, TypeError):
+            raise _Failed(f"HTTP {response.status_code}: {response.text[:200]}") from None
+    return response.json() if response.content else None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -32,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         from agentsync.server.app import run
 
         run(config.load(args))
+    elif args.command == "admin":
+        sys.exit(run_admin(args))
 
 
 if __name__ == "__main__":

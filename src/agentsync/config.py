@@ -35,6 +35,66 @@ class Config:
     rate_burst: float = dataclasses.field(
         default=2000.0, metadata={"help": "events a session may write in a burst"}
     )
+    address_limits: bool = dataclasses.field(
+        default=True, metadata={"help": "apply the per-address limits below"}
+    )
+    ip_rate_limit: float = dataclasses.field(
+        default=50.0, metadata={"help": "HTTP requests per second per client address"}
+    )
+    ip_rate_burst: float = dataclasses.field(
+        default=200.0, metadata={"help": "HTTP requests per address in a burst"}
+    )
+    ws_connect_rate: float = dataclasses.field(
+        default=10.0, metadata={"help": "WebSocket connects per second per address"}
+    )
+    ws_connect_burst: float = dataclasses.field(
+        default=50.0, metadata={"help": "WebSocket connects per address in a burst"}
+    )
+    ws_publish_rate: float = dataclasses.field(
+        default=100.0, metadata={"help": "WebSocket publish frames per second per address"}
+    )
+    ws_publish_burst: float = dataclasses.field(
+        default=500.0, metadata={"help": "WebSocket publish frames per address in a burst"}
+    )
+    shares_per_hour: float = dataclasses.field(
+        default=60.0, metadata={"help": "shares one address may create per hour (0: no limit)"}
+    )
+    max_connections_per_address: int = dataclasses.field(
+        default=256, metadata={"help": "open WebSocket and SSE connections per address"}
+    )
+    max_connections_per_session: int = dataclasses.field(
+        default=10_000, metadata={"help": "open WebSocket and SSE readers per session"}
+    )
+    max_session_events: int = dataclasses.field(
+        default=1_000_000, metadata={"help": "events one session may hold (413 above)"}
+    )
+    max_frame_bytes: int = dataclasses.field(
+        default=1024 * 1024, metadata={"help": "largest WebSocket frame a client may send"}
+    )
+    trusted_proxies: str = dataclasses.field(
+        default="",
+        metadata={"help": "comma list of proxy IPs/CIDRs whose X-Forwarded-For is believed"},
+    )
+    admin_key: str = dataclasses.field(
+        default="", metadata={"help": "operator key for /v1/admin and share creation"}
+    )
+    open_create: bool = dataclasses.field(
+        default=False,
+        metadata={"help": "let anyone create shares on a non-loopback bind (no admin key)"},
+    )
+    allowed_origins: str = dataclasses.field(
+        default="",
+        metadata={
+            "help": "browser origins allowed to open WebSockets ('*': any; default: "
+            "this server's own)"
+        },
+    )
+    cors_origins: str = dataclasses.field(
+        default="*", metadata={"help": "origins allowed to call the HTTP API from browsers"}
+    )
+    redact: bool = dataclasses.field(
+        default=True, metadata={"help": "mask credentials (API keys, tokens) before storing"}
+    )
     max_event_bytes: int = dataclasses.field(
         default=256 * 1024, metadata={"help": "largest event, encoded (413 above)"}
     )
@@ -87,6 +147,27 @@ class Config:
     @property
     def base_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def loopback(self) -> bool:
+        """True when bound to a loopback address only."""
+        return self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
+
+    @property
+    def create_needs_admin(self) -> bool:
+        """Share creation is open on loopback, else needs the admin key (or --open-create)."""
+        if self.open_create:
+            return False
+        return bool(self.admin_key) or not self.loopback
+
+    def check(self) -> None:
+        """Refuse settings that cannot work, with a message that says what to do."""
+        if not self.loopback and not self.admin_key and not self.open_create:
+            raise SystemExit(
+                f"agentsync: bound to {self.host}, share creation needs an operator key: "
+                "pass --admin-key KEY (env AGENTSYNC_ADMIN_KEY), or --open-create to let "
+                "anyone create shares"
+            )
 
     @property
     def sqlite_path(self) -> Path:

@@ -22,7 +22,7 @@ import orjson
 
 from agentsync import protocol
 from agentsync.config import Config
-from agentsync.limits import RateLimiter
+from agentsync.limits import ConnectionCounter, RateLimiter
 from agentsync.metrics import Metrics
 from agentsync.protocol import (
     CLOSE_GONE,
@@ -31,8 +31,10 @@ from agentsync.protocol import (
     Gone,
     NewEvent,
     NotFound,
+    PayloadTooLarge,
     Unavailable,
 )
+from agentsync.redact import Redactor
 from agentsync.session import Backlog, Reader, Session, SessionState
 from agentsync.store.base import SeqConflict, ShareRecord, Snapshot, Store
 
@@ -112,6 +114,10 @@ class Hub:
         self.sessions: dict[str, LiveSession] = {}
         self._loading: dict[str, asyncio.Future[LiveSession]] = {}
         self.write_limiter = RateLimiter(config.rate_limit, config.rate_burst, what="session write")
+        self.readers_per_session = ConnectionCounter(
+            config.max_connections_per_session, what="this session"
+        )
+        self.redactor = Redactor(enabled=config.redact)
         self._tasks: set[asyncio.Task[Any]] = set()
         # Recently deleted or expired ids (the store keeps tombstones for good; this
         # closes the window while a delete commits).
@@ -252,6 +258,13 @@ class Hub:
     async def _append(self, live: LiveSession, batch: Sequence[NewEvent]) -> AppendResult:
         started = time.perf_counter()
         core = live.core
+        if core.last_seq + len(batch) > self.config.max_session_events:
+            raise PayloadTooLarge(
+                f"the session holds {core.last_seq} events and may hold at most "
+                f"{self.config.max_session_events}; start a new share",
+                code="session_full",
+            )
+        batch = self._redact(batch)
         unknown = core.unknown_ids(e.id for e in batch)
         if unknown:
             core.learn_ids(await self.store.find_event_ids(live.id, unknown))
@@ -289,6 +302,22 @@ class Hub:
         if core.last_seq - live.snapshot_seq >= self.config.snapshot_every:
             self.spawn(self._save_snapshot(live))
         return AppendResult(prepared.seqs, core.last_seq, core.epoch)
+
+    def _redact(self, batch: Sequence[NewEvent]) -> Sequence[NewEvent]:
+        """Mask credentials in the batch's content before it is stored (``--redact``)."""
+        if not self.redactor.enabled:
+            return batch
+        out: list[NewEvent] | None = None
+        for i, event in enumerate(batch):
+            data, found = self.redactor.redact_data(event.type, event.data)
+            if data is event.data:
+                continue
+            if out is None:
+                out = list(batch)
+            out[i] = NewEvent(event.id, event.type, event.ts, data)
+            for kind, count in found.items():
+                self.metrics.redactions.labels(kind).inc(count)
+        return batch if out is None else out
 
     def _committed(self, live: LiveSession) -> None:
         """New events are visible: wake pull readers, fan out to WebSocket readers.
@@ -364,7 +393,8 @@ class Hub:
 
     def attach(self, live: LiveSession, link: ReaderLink) -> None:
         """Start delivering to ``link``; announce it with ``broadcast_presence`` once the
-        link has sent its greeting."""
+        link has sent its greeting. Raises TooManyConnections past the session's cap."""
+        self.readers_per_session.acquire(live.id)
         live.links[link.reader.id] = link
         live.core.attach(link.reader)
         self.metrics.connections.labels("ws").inc()
@@ -372,6 +402,7 @@ class Hub:
     def detach(self, live: LiveSession, link: ReaderLink) -> None:
         if live.links.pop(link.reader.id, None) is None:
             return
+        self.readers_per_session.release(live.id)
         live.core.detach(link.reader)
         live.last_active = time.monotonic()
         self.metrics.connections.labels("ws").dec()

@@ -38,5 +38,12 @@ class Metrics:
             "agentsync_requests_rejected", "Requests answered with an error", ["code"], registry=r
         )
 
+        self.redactions = Counter(
+            "agentsync_redactions",
+            "Credentials masked before storing, by kind",
+            ["kind"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

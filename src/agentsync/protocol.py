@@ -21,6 +21,7 @@ from websockets.frames import Frame, Opcode
 CLOSE_SERVER_SHUTDOWN: Final = 4000
 CLOSE_SLOW_CONSUMER: Final = 4001
 CLOSE_OVERLOADED: Final = 4002
+CLOSE_TOO_MANY_CONNECTIONS: Final = 4003
 CLOSE_RATE_LIMITED: Final = 4029
 CLOSE_PROTOCOL_ERROR: Final = 4500
 CLOSE_UNAUTHORIZED: Final = 4501
@@ -99,6 +100,12 @@ class RateLimited(AgentsyncError):
         self.retry_after = retry_after
 
 
+class TooManyConnections(AgentsyncError):
+    status, code, close_code = 429, "too_many_connections", CLOSE_TOO_MANY_CONNECTIONS
+
+    retry_after = 5.0
+
+
 class Unavailable(AgentsyncError):
     status, code, close_code = 503, "unavailable", CLOSE_OVERLOADED
 
@@ -110,6 +117,7 @@ EVENT_TYPES: Final = frozenset(
 )
 ROLES: Final = frozenset({"user", "assistant", "system", "tool"})
 MAX_ID_LENGTH: Final = 128
+MAX_DEPTH: Final = 32  # nesting of an event's data; deeper is refused (422)
 
 
 def now_ms() -> int:
@@ -194,6 +202,20 @@ def _optional(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], wher
     return _require(obj, key, kind, where)
 
 
+def _shallow(value: Any, limit: int) -> bool:
+    """True when ``value`` nests no deeper than ``limit`` containers."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return False
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, (dict, list)))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item if isinstance(v, (dict, list)))
+    return True
+
+
 def _check_id(value: str, where: str) -> None:
     if not value or len(value) > MAX_ID_LENGTH:
         raise InvalidEvent(f"{where}: ids must be 1 to {MAX_ID_LENGTH} characters")
@@ -240,6 +262,8 @@ def parse_event(obj: Any, index: int = 0) -> NewEvent:
         )
     data = _require(obj, "data", dict, where)
     validate_data(type_, data, where)
+    if not _shallow(data, MAX_DEPTH):
+        raise InvalidEvent(f"{where}: data is nested deeper than {MAX_DEPTH} levels")
     event_id = _optional(obj, "id", str, where)
     if event_id is None:
         event_id = new_event_id()

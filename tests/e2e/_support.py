@@ -35,9 +35,11 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def create_share(http: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
+async def create_share(
+    http: httpx.AsyncClient, *, headers: dict[str, str] | None = None, **body: Any
+) -> dict[str, Any]:
     """POST /v1/shares; returns {session_id, share_url, secret, expires_at, read, epoch, ...}."""
-    resp = await http.post("/v1/shares", json=body)
+    resp = await http.post("/v1/shares", json=body, headers=headers)
     assert resp.status_code == 201, resp.text
     share = resp.json()
     for key in ("session_id", "share_url", "secret", "expires_at", "read", "epoch"):

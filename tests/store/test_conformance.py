@@ -17,6 +17,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -423,3 +424,19 @@ async def test_sigkill_loses_no_acknowledged_event(backend: Backend, tmp_path: P
             assert len(stored) >= last_acked, f"{session_id}: lost acked events"
     finally:
         await store.close()
+
+
+async def test_list_shares_pages_by_id(store: Any) -> None:
+    ids = sorted(f"share{i:02d}" for i in range(5))
+    for share_id in ids:
+        await store.create_share(_admin_share(share_id))
+    first = await store.list_shares(3)
+    assert [s.id for s in first] == ids[:3]
+    rest = await store.list_shares(10, after=first[-1].id)
+    assert [s.id for s in rest] == ids[3:]
+    await store.delete_share(ids[0])
+    assert [s.id for s in await store.list_shares(10)] == ids[1:]
+
+
+def _admin_share(share_id: str) -> ShareRecord:
+    return ShareRecord(share_id, "t", 1, None, "public", b"h" * 32, None, "e")

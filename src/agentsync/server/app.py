@@ -17,15 +17,19 @@ from dataclasses import dataclass
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
 from agentsync.config import Config
 from agentsync.hub import Hub
+from agentsync.limits import AddressLimits
 from agentsync.metrics import Metrics
 from agentsync.protocol import AgentsyncError, BadRequest, NotFound
-from agentsync.server import http, openapi, viewer, ws
+from agentsync.server import admin, http, openapi, viewer, ws
+from agentsync.server.guard import Guard, SecurityHeaders, mask_tokens
 from agentsync.server.wsproto import AgentsyncWebSocketProtocol
 from agentsync.store.base import Store
 
@@ -40,6 +44,7 @@ class Node:
     store: Store  # durable shares, logs and snapshots
     metrics: Metrics  # this node's Prometheus registry
     hub: Hub  # live sessions, fan-out
+    limits: AddressLimits  # per-client-address rate limits and connection caps
 
     @classmethod
     def from_config(cls, config: Config) -> Node:
@@ -47,7 +52,7 @@ class Node:
 
         store = SQLiteStore(config.sqlite_path, synchronous=config.sqlite_synchronous)
         metrics = Metrics()
-        return cls(config, store, metrics, Hub(config, store, metrics))
+        return cls(config, store, metrics, Hub(config, store, metrics), AddressLimits(config))
 
 
 async def _agentsync_error(request: Request, exc: Exception) -> Response:
@@ -100,10 +105,28 @@ def create_app(node: Node) -> Starlette:
         Route("/readyz", http.readyz, methods=["GET"]),
         Route("/metrics", http.metrics, methods=["GET"]),
         Route("/openapi.json", openapi.openapi_endpoint, methods=["GET"]),
+        Route("/v1/admin/shares", admin.list_shares, methods=["GET"]),
+        Route("/v1/admin/shares/{session_id}", admin.show_share, methods=["GET"]),
+        Route("/v1/admin/shares/{session_id}", admin.delete_share, methods=["DELETE"]),
+        Route("/v1/admin/shares/{session_id}/expire", admin.expire_share, methods=["POST"]),
     ]
+    cors = [o.strip() for o in node.config.cors_origins.split(",") if o.strip()]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=[
+            # Outermost, so that refusals by the guard carry CORS headers too.
+            Middleware(
+                CORSMiddleware,
+                allow_origins=cors,
+                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+                expose_headers=["Retry-After"],
+                max_age=600,
+            ),
+            Middleware(Guard, config=node.config, limits=node.limits, metrics=node.metrics),
+            Middleware(SecurityHeaders),
+        ],
         exception_handlers={
             AgentsyncError: _agentsync_error,
             HTTPException: _http_error,
@@ -112,6 +135,7 @@ def create_app(node: Node) -> Starlette:
     )
     app.state.hub = node.hub
     app.state.node = node
+    app.state.limits = node.limits
     app.state.draining = False
     return app
 
@@ -139,7 +163,8 @@ def uvicorn_config(node: Node, app: Starlette) -> uvicorn.Config:
         http="httptools",
         loop="uvloop" if _has_uvloop() else "asyncio",
         ws_per_message_deflate=config.ws_compression,
-        ws_max_size=config.max_body_bytes,
+        ws_max_size=config.max_frame_bytes,
+        proxy_headers=False,  # the guard reads X-Forwarded-For, from --trusted-proxies only
         lifespan="on",
         log_level=config.log_level,
         access_log=config.log_level == "debug",
@@ -152,7 +177,13 @@ class _ConnectionLogFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.msg if isinstance(record.msg, str) else ""
-        return not (msg.startswith('%s - "WebSocket') or msg.startswith("connection "))
+        return not (
+            msg.startswith('%s - "WebSocket')
+            or msg.startswith("connection ")
+            # a client's bad frame (closed with 1007), not a server error: any client
+            # could otherwise flood the log with tracebacks
+            or msg.startswith("Invalid UTF-8 sequence received from client")
+        )
 
 
 def _has_uvloop() -> bool:
@@ -171,8 +202,11 @@ def run(config: Config) -> None:
     # The store's threads hand the GIL back and forth with the event loop; at the default
     # 5 ms switch interval a loop waiting for the GIL shows up as 5 ms p99 fan-out latency.
     sys.setswitchinterval(config.gil_switch_ms / 1000)
+    config.check()
     if config.log_level != "debug":
         logging.getLogger("uvicorn.error").addFilter(_ConnectionLogFilter())
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logging.getLogger(name).addFilter(mask_tokens)
     node = Node.from_config(config)
     server = _Server(uvicorn_config(node, create_app(node)), node.hub)
     # uvicorn re-raises the signal it caught once it has shut down; with these handlers in

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,6 +26,7 @@ from agentsync.protocol import (
     Event,
     Forbidden,
     PayloadTooLarge,
+    TooManyConnections,
     Unauthorized,
 )
 from agentsync.session import CatchUp
@@ -135,8 +137,39 @@ def encode_page(events: list[Event], last_seq: int, epoch: str) -> bytes:
 # --- shares ----------------------------------------------------------------------------
 
 
+def client_address(request: Request) -> str:
+    address: str = request.scope.get("state", {}).get("client_address", "unknown")
+    return address
+
+
+def is_admin(request: Request) -> bool:
+    key = hub_of(request).config.admin_key
+    presented = auth.bearer(request.headers.get("authorization"))
+    return bool(key) and presented is not None and hmac.compare_digest(presented, key)
+
+
+def require_admin(request: Request) -> None:
+    if not hub_of(request).config.admin_key:
+        raise Forbidden("the admin API is off: start the server with --admin-key KEY")
+    if auth.bearer(request.headers.get("authorization")) is None:
+        raise Unauthorized("send the operator key: 'Authorization: Bearer <admin key>'")
+    if not is_admin(request):
+        raise Forbidden("that is not the operator key")
+
+
+def admit_creation(request: Request) -> None:
+    """Creating a share (or importing one) is open on loopback, else needs the operator
+    key; either way an address may create only ``--shares-per-hour``."""
+    hub = hub_of(request)
+    if hub.config.create_needs_admin:
+        require_admin(request)
+    elif not is_admin(request):
+        request.app.state.limits.share_creates.check(client_address(request))
+
+
 async def create_share(request: Request) -> Response:
     hub = hub_of(request)
+    admit_creation(request)
     body = await read_json_object(request, optional=True)
     share, secret, read_token = new_share_from(hub, body)
     await hub.store.create_share(share)
@@ -266,6 +299,9 @@ async def stream_events(request: Request) -> Response:
     elif request.query_params.get("since") not in (None, ""):
         since = _int_param(request, "since", 0, 0, 2**53)
     plan = live.core.plan_resume(request.query_params.get("epoch"), since)
+    counter = hub.readers_per_session
+    if counter.limit and counter.count(live.id) >= counter.limit:
+        raise TooManyConnections(f"session {live.id} has {counter.limit} readers (the limit)")
     return StreamingResponse(
         _sse(hub, live, plan.since if isinstance(plan, CatchUp) else None),
         media_type="text/event-stream",
@@ -276,6 +312,8 @@ async def stream_events(request: Request) -> Response:
 async def _sse(hub: Hub, live: LiveSession, since: int | None) -> AsyncIterator[bytes]:
     live.waiters += 1
     hub.metrics.connections.labels("sse").inc()
+    session_id = live.id
+    hub.readers_per_session.acquire_unchecked(session_id)
     try:
         yield b"retry: 1000\n\n"
         if since is None:
@@ -313,6 +351,7 @@ async def _sse(hub: Hub, live: LiveSession, since: int | None) -> AsyncIterator[
     finally:
         live.waiters -= 1
         hub.metrics.connections.labels("sse").dec()
+        hub.readers_per_session.release(session_id)
 
 
 # --- export and import -----------------------------------------------------------------
@@ -351,6 +390,7 @@ async def export_session(request: Request) -> Response:
 
 async def import_session(request: Request) -> Response:
     hub = hub_of(request)
+    admit_creation(request)
     body = await read_body(request, hub.config.max_body_bytes * 16)
     lines = [line for line in body.split(b"\n") if line.strip()]
     if not lines:
@@ -363,8 +403,9 @@ async def import_session(request: Request) -> Response:
         batch.append(protocol.parse_event(protocol.decode_json(line), i))
     info = header.get("session") if isinstance(header.get("session"), dict) else {}
     options: dict[str, Any] = {"title": info.get("title", "") if info else ""}
-    if request.query_params.get("read") == "token":
-        options["read"] = "token"
+    read = request.query_params.get("read")
+    if read is not None:
+        options["read"] = read  # validated with the rest by new_share_from (400 if bad)
     share, secret, read_token = new_share_from(hub, options)
     await hub.store.create_share(share)
     live = await hub.get(share.id)

@@ -21,6 +21,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from agentsync import protocol
 from agentsync.auth import bearer, matches
 from agentsync.hub import Hub, LiveSession
+from agentsync.limits import AddressLimits
 from agentsync.protocol import (
     CLOSE_PROTOCOL_ERROR,
     CLOSE_SLOW_CONSUMER,
@@ -48,6 +49,7 @@ class WsLink:
         self.direct: DirectSender | None = direct if isinstance(direct, DirectSender) else None
         if self.direct is not None:
             self.direct.on_writable = self.wake
+        self.address = "unknown"  # the client's address, for per-address limits
         self.closed = False
         self.greeted = False  # side frames wait until the greeting is out
         self._wakeup = asyncio.Event()
@@ -206,6 +208,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         can_write=matches(token, live.share.secret_hash),
     )
     link = WsLink(hub, live, websocket, reader)
+    link.address = websocket.scope.get("state", {}).get("client_address", "unknown")
     core = live.core
     plan = core.plan_resume(epoch, since)
     if isinstance(plan, CatchUp):
@@ -236,7 +239,11 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     greeting["reader"] = {"id": reader.id, "can_write": reader.can_write}
     # Attach before the first await of sending: anything committed from here on is either
     # pushed after the greeting or picked up by the writer task; nothing falls between.
-    hub.attach(live, link)
+    try:
+        hub.attach(live, link)
+    except AgentsyncError as err:
+        await _close(websocket, err.close_code, err.message)
+        return
     writer: asyncio.Task[None] | None = None
     try:
         await websocket.send_text(orjson.dumps(greeting).decode())
@@ -292,6 +299,9 @@ def _start_publish(
         )
         return
     try:
+        limits: AddressLimits | None = getattr(websocket_state(link), "limits", None)
+        if limits is not None:
+            limits.ws_publishes.check(link.address)
         batch = protocol.parse_events(msg.get("events"), max_batch=hub.config.max_batch)
     except AgentsyncError as err:
         link.send_side(_error_frame(ref, err))
@@ -310,6 +320,11 @@ def _start_publish(
         )
 
     hub.spawn(publish())
+
+
+def websocket_state(link: WsLink) -> Any:
+    """The Starlette app's state (where the node's address limits live)."""
+    return link.websocket.app.state
 
 
 def _error_frame(ref: Any, err: AgentsyncError) -> bytes:

@@ -72,6 +72,9 @@ class Store(Protocol):
     async def expired_shares(self, now_ms: int, limit: int) -> list[str]:
         """Ids of live shares whose ``expires_at`` is at or before ``now_ms``."""
 
+    async def list_shares(self, limit: int, after: str | None = None) -> list[ShareRecord]:
+        """Live shares ordered by id, the first ``limit`` with id > ``after``."""
+
     async def count_shares(self) -> int: ...
 
     # the log

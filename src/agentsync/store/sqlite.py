@@ -450,6 +450,16 @@ class SQLiteStore:
 
         return await self._read(run)
 
+    async def list_shares(self, limit: int, after: str | None = None) -> list[ShareRecord]:
+        def run(conn: sqlite3.Connection) -> list[ShareRecord]:
+            rows = conn.execute(
+                f"SELECT {SHARE_COLUMNS} FROM shares WHERE id > ? ORDER BY id LIMIT ?",
+                (after or "", limit),
+            ).fetchall()
+            return [ShareRecord(*row) for row in rows]
+
+        return await self._read(run)
+
     async def count_shares(self) -> int:
         return await self._read(
             lambda conn: int(conn.execute("SELECT COUNT(*) FROM shares").fetchone()[0])

@@ -1,0 +1,227 @@
+"""Admission at the edge: who is the client, may it come in, may its browser page.
+
+An ASGI middleware in front of every route. It resolves the client's address (trusting
+``X-Forwarded-For`` only from ``--trusted-proxies``), applies the per-address request and
+WebSocket-connect rate limits and the per-address cap on open streaming connections, and
+checks the ``Origin`` of browser WebSockets. Refusals are the documented answers: 429 with
+``Retry-After`` over HTTP; over WebSocket the connection is accepted and closed at once
+with a close code (resumable 4029/4003, or terminal 4503 for a foreign origin), never a
+silent drop.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from agentsync.config import Config
+from agentsync.limits import AddressLimits
+from agentsync.metrics import Metrics
+from agentsync.protocol import AgentsyncError, Forbidden, RateLimited
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+log = logging.getLogger("agentsync.guard")
+
+
+def parse_networks(spec: str) -> list[Network]:
+    networks: list[Network] = []
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise SystemExit(
+                f"agentsync: --trusted-proxies: {item!r} is not an IP address or CIDR"
+            ) from None
+    return networks
+
+
+def _in(address: str, networks: list[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+def client_address(scope: Scope, trusted: list[Network]) -> str:
+    """The client's address: the peer, or, when the peer is a trusted proxy, the nearest
+    address in ``X-Forwarded-For`` that is not itself a trusted proxy."""
+    client = scope.get("client")
+    peer = client[0] if client else "unknown"
+    if not trusted or not _in(peer, trusted):
+        return peer
+    forwarded = [
+        value.decode("latin-1")
+        for name, value in scope.get("headers", [])
+        if name == b"x-forwarded-for"
+    ]
+    hops = [h.strip() for h in ",".join(forwarded).split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _in(hop, trusted):
+            return hop
+    return hops[0] if hops else peer
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+class OriginPolicy:
+    """Which browser origins may open WebSockets: ``*``, a list, or by default the
+    server's own origin (the Host it was reached at, and ``--public-url``)."""
+
+    def __init__(self, config: Config) -> None:
+        spec = config.allowed_origins.strip()
+        self.any = spec == "*"
+        self.allowed = {o.strip().rstrip("/").lower() for o in spec.split(",") if o.strip()}
+        if config.public_url:
+            parts = urlsplit(config.public_url)
+            self.allowed.add(f"{parts.scheme}://{parts.netloc}".lower())
+
+    def allows(self, scope: Scope) -> bool:
+        origin = _header(scope, b"origin")
+        if origin is None or self.any:
+            return True  # not a browser (browsers always send Origin on WebSockets)
+        origin = origin.rstrip("/").lower()
+        if origin in self.allowed:
+            return True
+        host = _header(scope, b"host")
+        return host is not None and urlsplit(origin).netloc == host.lower()
+
+
+UNLIMITED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+STREAMING_PATH = re.compile(r"^/v1/sessions/[^/]+/(ws|stream)$")
+
+
+class Guard:
+    def __init__(self, app: ASGIApp, config: Config, limits: AddressLimits, metrics: Metrics):
+        self.app = app
+        self.limits = limits
+        self.metrics = metrics
+        self.trusted = parse_networks(config.trusted_proxies)
+        self.origins = OriginPolicy(config)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        address = client_address(scope, self.trusted)
+        scope.setdefault("state", {})["client_address"] = address
+        streaming = kind == "websocket" or bool(STREAMING_PATH.match(scope.get("path", "")))
+        try:
+            if scope.get("path") in UNLIMITED_PATHS:
+                pass  # health probes and scrapes are never refused
+            elif kind == "websocket":
+                if not self.origins.allows(scope):
+                    raise Forbidden(
+                        f"origin {_header(scope, b'origin')!r} may not open WebSockets here; "
+                        "the operator can allow it with --allowed-origins"
+                    )
+                self.limits.ws_connects.check(address)
+            else:
+                self.limits.requests.check(address)
+            if streaming:
+                self.limits.connections.acquire(address)
+        except AgentsyncError as err:
+            self.metrics.rejected.labels(err.code).inc()
+            log.info("refused %s %s from %s: %s", kind, scope.get("path"), address, err.message)
+            if kind == "websocket":
+                await _refuse_websocket(receive, send, err)
+            else:
+                await _refuse_http(send, err)
+            return
+        if not streaming:
+            await self.app(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.limits.connections.release(address)
+
+
+async def _refuse_http(send: Send, err: AgentsyncError) -> None:
+    headers = [(b"content-type", b"application/json")]
+    if isinstance(err, RateLimited) or err.status == 429:
+        retry = getattr(err, "retry_after", 1.0)
+        headers.append((b"retry-after", str(max(1, int(retry + 0.999))).encode()))
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": orjson.dumps(err.to_json())})
+
+
+async def _refuse_websocket(receive: Receive, send: Send, err: AgentsyncError) -> None:
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.close", "code": err.close_code, "reason": err.message[:120]})
+
+
+_CREDENTIALS = re.compile(
+    r"""([?&](?:token|secret|key)=)[^&\s"']+"""  # ?token=... in a URL
+    r"""|("(?:token|secret|read_token|admin_key)"\s*:\s*")[^"]+"""  # "token": "..." in JSON
+    r"""|((?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]+""",  # Authorization header values
+    re.IGNORECASE,
+)
+
+
+def _mask(match: re.Match[str]) -> str:
+    return (match.group(1) or match.group(2) or match.group(3)) + "***"
+
+
+def mask_tokens(record: logging.LogRecord) -> bool:
+    """A logging filter: credentials in a log line (``?token=``, a hello frame's
+    ``"token"``, a bearer header) are written as ``***``."""
+    try:
+        text = record.getMessage()
+    except Exception:
+        return True
+    masked = _CREDENTIALS.sub(_mask, text)
+    if masked != text:
+        record.msg, record.args = masked, None
+    return True
+
+
+class SecurityHeaders:
+    """Headers every response carries; the viewer adds its own Content-Security-Policy."""
+
+    HEADERS = (
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"no-referrer"),
+        (b"x-frame-options", b"DENY"),
+    )
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(n, v) for n, v in self.HEADERS if n not in present]
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
