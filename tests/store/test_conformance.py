@@ -280,7 +280,7 @@ async def test_public_share_without_token_round_trips(store: Store) -> None:
     assert await store.get_share("pub") == record
 
 
-async def test_delete_leaves_nothing_but_the_tombstone(
+async def test_delete_leaves_nothing_of_the_share(
     store: Store, backend: Backend, tmp_path: Path
 ) -> None:
     record, kept = share(), share()
@@ -294,7 +294,8 @@ async def test_delete_leaves_nothing_but_the_tombstone(
     assert await store.last_seq(record.id) == 0
     assert await store.load_snapshot(record.id) is None
     assert await store.find_event_ids(record.id, ["e1"]) == {}
-    assert await backend.leftovers(tmp_path, record.id) == {"tombstones": 1}
+    assert await backend.leftovers(tmp_path, record.id) == {}  # the tombstone is a hash
+    assert await store.is_tombstoned(record.id)
     assert await seqs(store, kept.id) == [1, 2, 3, 4, 5]
     assert await store.load_snapshot(kept.id) is not None
 
@@ -440,3 +441,36 @@ async def test_list_shares_pages_by_id(store: Any) -> None:
 
 def _admin_share(share_id: str) -> ShareRecord:
     return ShareRecord(share_id, "t", 1, None, "public", b"h" * 32, None, "e")
+
+
+async def test_deleted_share_cannot_be_read_back_from_the_sqlite_files(tmp_path: Path) -> None:
+    """Not a row, not a freed page, not a WAL frame: the raw bytes hold nothing of it."""
+    store = SQLiteStore(tmp_path / "data" / "agentsync.db")
+    await store.open()
+    marker = "confidential-" + new_id(8)
+    record, kept = share(), share()
+    for r in (record, kept):
+        await store.create_share(r)
+    payload = [
+        Event.make(i, NewEvent(f"e{i}", "status", 1, {"status": f"{marker}-{i}" * 20}))
+        for i in range(1, 200)
+    ]
+    await store.append(record.id, payload)
+    await store.save_snapshot(Snapshot(record.id, 199, orjson.dumps({"m": marker})))
+    await store.append(kept.id, events(1, 3))
+
+    def raw() -> bytes:
+        files = sorted((tmp_path / "data").glob("agentsync.db*"))
+        return b"".join(f.read_bytes() for f in files)
+
+    assert marker.encode() in raw()
+    assert await store.delete_share(record.id)
+    for _ in range(100):  # the checkpointer truncates the WAL right after a delete
+        if marker.encode() not in raw():
+            break
+        await asyncio.sleep(0.05)
+    assert marker.encode() not in raw()
+    assert record.id.encode() not in raw()
+    assert await seqs(store, kept.id) == [1, 2, 3]
+    await store.close()
+    assert marker.encode() not in raw() and record.id.encode() not in raw()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import queue
 import sqlite3
@@ -125,6 +126,12 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     return conn
 
 
+def tombstone_key(share_id: str) -> str:
+    """What a tombstone keeps of a deleted share: a one-way hash of its id, enough to
+    answer 410 for the link and refuse reuse of the id, and nothing readable."""
+    return hashlib.sha256(share_id.encode()).hexdigest()
+
+
 class _Checkpointer:
     """Copies the WAL back into the database from its own thread and connection.
 
@@ -139,14 +146,24 @@ class _Checkpointer:
         self.synchronous = synchronous
         self.interval = interval
         self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.truncate = False  # set after a delete: empty the WAL of the deleted pages
         self.thread = threading.Thread(target=self._run, name="agentsync-sqlite-checkpoint")
+
+    def request_truncate(self) -> None:
+        self.truncate = True
+        self.wake.set()
 
     def _run(self) -> None:
         conn = _connect(self.path, self.synchronous)
         try:
-            while not self.stop.wait(self.interval):
+            while not self.stop.is_set():
+                self.wake.wait(self.interval)
+                self.wake.clear()
+                mode = "TRUNCATE" if self.truncate else "PASSIVE"
+                self.truncate = False
                 with contextlib.suppress(sqlite3.Error):
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         finally:
@@ -163,6 +180,8 @@ class _Writer:
         self._last_seq: dict[str, int] = {}  # committed state, oldest entry first
         self._pending: dict[str, int] = {}  # changes of the group being written
         self._data_version = self._read_data_version()
+        self.deleted = False  # a job of the current group deleted a share
+        self.on_delete: Callable[[], None] | None = None  # called after such a group commits
         self.thread = threading.Thread(target=self._run, name="agentsync-sqlite-writer")
 
     # -- the loop ---------------------------------------------------------------------
@@ -224,6 +243,9 @@ class _Writer:
             for session_id, seq in self._pending.items():
                 self._remember(session_id, seq)
             self._pending.clear()
+            if self.deleted and self.on_delete is not None:
+                self.on_delete()
+        self.deleted = False
         for job, (ok, value) in zip(group, outcomes, strict=True):
             # RuntimeError: the caller's loop is closed, so nobody is waiting.
             with contextlib.suppress(RuntimeError):
@@ -285,9 +307,10 @@ class _Writer:
         conn.execute("DELETE FROM snapshots WHERE session_id = ?", (share_id,))
         conn.execute(
             "INSERT OR REPLACE INTO tombstones (id, deleted_at) VALUES (?, ?)",
-            (share_id, now_ms()),
+            (tombstone_key(share_id), now_ms()),
         )
         self._pending[share_id] = 0
+        self.deleted = True
         return True
 
 
@@ -329,6 +352,7 @@ class SQLiteStore:
             self._writer.thread.start()
             self._checkpointer = _Checkpointer(self.path, self.synchronous, CHECKPOINT_SECONDS)
             self._checkpointer.thread.start()
+            self._writer.on_delete = self._checkpointer.request_truncate
             self._readers = ThreadPoolExecutor(READ_THREADS, "agentsync-sqlite-reader")
 
     def _open_write_connection(self) -> sqlite3.Connection:
@@ -337,6 +361,9 @@ class SQLiteStore:
         try:
             conn.executescript(SCHEMA)
             conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_CHECKPOINT_PAGES}")
+            # Deleted rows are overwritten, not just unlinked: after a delete nothing of
+            # the share can be read back from the file (and the WAL is truncated).
+            conn.execute("PRAGMA secure_delete = ON")
         except BaseException:
             conn.close()
             raise
@@ -352,6 +379,7 @@ class SQLiteStore:
             await asyncio.to_thread(writer.thread.join)
             if self._checkpointer is not None:
                 self._checkpointer.stop.set()
+                self._checkpointer.wake.set()
                 await asyncio.to_thread(self._checkpointer.thread.join)
                 self._checkpointer = None
             await asyncio.to_thread(readers.shutdown, wait=True)
@@ -396,7 +424,9 @@ class SQLiteStore:
 
     async def create_share(self, share: ShareRecord) -> None:
         def run(conn: sqlite3.Connection) -> None:
-            if conn.execute("SELECT 1 FROM tombstones WHERE id = ?", (share.id,)).fetchone():
+            if conn.execute(
+                "SELECT 1 FROM tombstones WHERE id = ?", (tombstone_key(share.id),)
+            ).fetchone():
                 raise Conflict(f"share {share.id} was deleted; its id cannot be reused")
             try:
                 conn.execute(
@@ -429,7 +459,8 @@ class SQLiteStore:
     async def is_tombstoned(self, share_id: str) -> bool:
         def run(conn: sqlite3.Connection) -> bool:
             sql = "SELECT 1 FROM tombstones WHERE id = ?"
-            return conn.execute(sql, (share_id,)).fetchone() is not None
+            share_id_key = tombstone_key(share_id)
+            return conn.execute(sql, (share_id_key,)).fetchone() is not None
 
         return await self._read(run)
 
