@@ -48,6 +48,55 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=int, default=100)
     for name, text in (("show", "one share"), ("expire", "expire now"), ("delete", "delete")):
         actions.add_parser(name, help=text).add_argument("session_id")
+
+    from agentsync import cli_demo, cli_replay, cli_share, cli_transfer, cli_watch
+
+    cli_share.add_arguments(
+        commands.add_parser(
+            "share",
+            help="create, delete and list shares (this machine's, with their secrets)",
+            description="Create a share (its link and secret are kept in a local list), "
+            "delete one with its stored secret, or list the shares created here.",
+        )
+    )
+    cli_watch.add_arguments(
+        commands.add_parser(
+            "watch",
+            help="follow a session live in the terminal",
+            description="Show a session live: messages, streamed text, tool calls and "
+            "results, status, participants. Resumes after network loss or a server restart.",
+        )
+    )
+    cli_replay.add_arguments(
+        commands.add_parser(
+            "replay",
+            help="replay a session with its original timing",
+            description="Replay a session from a share link (its export) or an export "
+            "file, waiting between events as long as the agent did, divided by --speed.",
+        )
+    )
+    cli_transfer.add_export_arguments(
+        commands.add_parser(
+            "export",
+            help="write a session's export (JSON Lines) to stdout or a file",
+            description="Stream a session's export: a header line, then every event.",
+        )
+    )
+    cli_transfer.add_import_arguments(
+        commands.add_parser(
+            "import",
+            help="create a new share from an export file",
+            description="Upload an export as a new share (new id, secret and epoch).",
+        )
+    )
+    cli_demo.add_arguments(
+        commands.add_parser(
+            "demo",
+            help="stream a scripted coding-agent session (starts a server if needed)",
+            description="Start a local server unless one answers at --server, create a "
+            "share, print its link and stream a realistic scripted agent session into it.",
+        )
+    )
     return parser
 
 
@@ -128,6 +177,26 @@ def main(argv: Sequence[str] | None = None) -> None:
         run(config.load(args))
     elif args.command == "admin":
         sys.exit(run_admin(args))
+    else:
+        sys.exit(run_client_command(args))
+
+
+def run_client_command(args: argparse.Namespace) -> int:
+    """Run a command's ``run(args)``; a CliError becomes a message on stderr and its code."""
+    from agentsync.cli_common import EXIT_INTERRUPTED, CliError
+
+    try:
+        code: int = args.run(args)
+    except CliError as exc:
+        print(f"agentsync {args.command}: {exc.message}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `agentsync export URL | head`: the reader left; nothing to report.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return code
 
 
 if __name__ == "__main__":
