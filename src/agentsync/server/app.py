@@ -18,7 +18,6 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
@@ -29,7 +28,7 @@ from agentsync.limits import AddressLimits
 from agentsync.metrics import Metrics
 from agentsync.protocol import AgentsyncError, BadRequest, NotFound
 from agentsync.server import admin, http, openapi, viewer, ws
-from agentsync.server.guard import Guard, SecurityHeaders, mask_tokens
+from agentsync.server.guard import Guard, mask_tokens
 from agentsync.server.wsproto import AgentsyncWebSocketProtocol
 from agentsync.store.base import Store
 
@@ -110,22 +109,11 @@ def create_app(node: Node) -> Starlette:
         Route("/v1/admin/shares/{session_id}", admin.delete_share, methods=["DELETE"]),
         Route("/v1/admin/shares/{session_id}/expire", admin.expire_share, methods=["POST"]),
     ]
-    cors = [o.strip() for o in node.config.cors_origins.split(",") if o.strip()]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
         middleware=[
-            # Outermost, so that refusals by the guard carry CORS headers too.
-            Middleware(
-                CORSMiddleware,
-                allow_origins=cors,
-                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-                allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
-                expose_headers=["Retry-After"],
-                max_age=600,
-            ),
-            Middleware(Guard, config=node.config, limits=node.limits, metrics=node.metrics),
-            Middleware(SecurityHeaders),
+            Middleware(Guard, config=node.config, limits=node.limits, metrics=node.metrics)
         ],
         exception_handlers={
             AgentsyncError: _agentsync_error,

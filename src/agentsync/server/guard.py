@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+from starlette.middleware.cors import CORSMiddleware
 
 from agentsync.config import Config
 from agentsync.limits import AddressLimits
@@ -111,9 +112,29 @@ UNLIMITED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 STREAMING_PATH = re.compile(r"^/v1/sessions/[^/]+/(ws|stream)$")
 
 
+SECURITY_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+)
+
+
 class Guard:
+    """The one middleware: admission (above), CORS for requests that carry an Origin,
+    and the security headers every response carries. One layer instead of three keeps
+    the per-request cost down on the append path."""
+
     def __init__(self, app: ASGIApp, config: Config, limits: AddressLimits, metrics: Metrics):
         self.app = app
+        cors = [o.strip() for o in config.cors_origins.split(",") if o.strip()]
+        self.cors: ASGIApp = CORSMiddleware(
+            app,
+            allow_origins=cors,
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            expose_headers=["Retry-After"],
+            max_age=600,
+        )
         self.limits = limits
         self.metrics = metrics
         self.trusted = parse_networks(config.trusted_proxies)
@@ -147,15 +168,32 @@ class Guard:
             if kind == "websocket":
                 await _refuse_websocket(receive, send, err)
             else:
-                await _refuse_http(send, err)
+                await _refuse_http(_with_security_headers(send), err)
             return
+        app = self.app
+        if kind == "http":
+            send = _with_security_headers(send)
+            if _header(scope, b"origin") is not None:
+                app = self.cors
         if not streaming:
-            await self.app(scope, receive, send)
+            await app(scope, receive, send)
             return
         try:
-            await self.app(scope, receive, send)
+            await app(scope, receive, send)
         finally:
             self.limits.connections.release(address)
+
+
+def _with_security_headers(send: Send) -> Send:
+    async def send_with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", []))
+            present = {name.lower() for name, _ in headers}
+            headers.extend((n, v) for n, v in SECURITY_HEADERS if n not in present)
+            message["headers"] = headers
+        await send(message)
+
+    return send_with_headers
 
 
 async def _refuse_http(send: Send, err: AgentsyncError) -> None:
@@ -198,30 +236,3 @@ def mask_tokens(record: logging.LogRecord) -> bool:
     if masked != text:
         record.msg, record.args = masked, None
     return True
-
-
-class SecurityHeaders:
-    """Headers every response carries; the viewer adds its own Content-Security-Policy."""
-
-    HEADERS = (
-        (b"x-content-type-options", b"nosniff"),
-        (b"referrer-policy", b"no-referrer"),
-        (b"x-frame-options", b"DENY"),
-    )
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                present = {name.lower() for name, _ in message.get("headers", [])}
-                extra = [(n, v) for n, v in self.HEADERS if n not in present]
-                message["headers"] = [*message.get("headers", []), *extra]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
