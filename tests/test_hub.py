@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -180,3 +181,15 @@ async def test_busy_session_coalesces_into_later_rounds(hub: Hub) -> None:
     live.fanout_timer.cancel()
     hub._fanout_round(live)
     assert len(link.frames) == 1 and link.reader.cursor == 5
+
+
+async def test_pipelined_batches_keep_their_order_when_ids_are_looked_up(hub: Hub) -> None:
+    sid = await new_share(hub)
+    live = await hub.get(sid)
+    for i in range(12):
+        await hub.append(live, [status(i)])
+    await hub.evict_idle()  # reloaded from a snapshot: old ids live only in the store
+    live = await hub.get(sid)
+    assert not live.core.all_ids_known
+    results = await asyncio.gather(*(hub.append(live, [status(100 + i)]) for i in range(20)))
+    assert [r.seqs[0] for r in results] == list(range(13, 33))

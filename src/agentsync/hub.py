@@ -81,6 +81,7 @@ class LiveSession:
     last_active: float = field(default_factory=time.monotonic)
     waiters: int = 0  # SSE and long-poll requests in progress
     gone: str | None = None  # why the share stopped serving (deleted / expired)
+    prepare_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # see Hub._append
     fanout_timer: asyncio.TimerHandle | None = None  # a scheduled fan-out round
     fanout_next: float = 0.0  # loop time before which no round starts (see Hub._committed)
 
@@ -265,12 +266,17 @@ class Hub:
                 code="session_full",
             )
         batch = self._redact(batch)
-        unknown = core.unknown_ids(e.id for e in batch)
-        if unknown:
-            core.learn_ids(await self.store.find_event_ids(live.id, unknown))
-        if live.gone is not None:
-            raise Gone(f"share {live.id} was {live.gone}")
-        prepared = core.prepare(batch, self.config.max_event_bytes)
+        # Batches are prepared in arrival order even when one must first ask the store
+        # about old event ids (a session loaded from a snapshot): a pipelined writer's
+        # second batch must never get seqs before its first. Uncontended, this lock
+        # costs no await.
+        async with live.prepare_lock:
+            unknown = core.unknown_ids(e.id for e in batch)
+            if unknown:
+                core.learn_ids(await self.store.find_event_ids(live.id, unknown))
+            if live.gone is not None:
+                raise Gone(f"share {live.id} was {live.gone}")
+            prepared = core.prepare(batch, self.config.max_event_bytes)
         previous = live.tail
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         live.tail = done
