@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.client._support import normalize, of_log, read_log
 
 from agentsync.client import AsyncShare, Share
+
+from ._support import normalize, of_log, read_log
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -70,7 +71,7 @@ def test_agent_killed_mid_stream_then_restarted(
     """SIGKILL the agent at a random moment; a new process on the same outbox delivers
     what the outbox had committed. With ``server_down`` the kill comes while the server is
     unreachable, so the outbox certainly holds committed events that were never sent."""
-    from tests.client.agent_script import plan
+    from .agent_script import plan
 
     share = Share.create(srv.url, outbox=tmp_path / "creator.db")
     url, secret = share.url, share.secret

@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.client._support import read_log
 
 from agentsync.client import (
     AsyncShare,
@@ -23,6 +22,8 @@ from agentsync.client import (
 )
 from agentsync.client.connection import backoff_delay, error_for_close
 from agentsync.protocol import CLOSE_FORBIDDEN, CLOSE_GONE, Forbidden
+
+from ._support import read_log
 
 pytestmark = pytest.mark.timeout(60)
 
