@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,16 @@ from agentsync import auth, protocol
 from agentsync.config import Config
 from agentsync.hub import Hub, LiveSession
 from agentsync.metrics import Metrics
-from agentsync.protocol import Gone, InvalidEvent, NewEvent, NotFound, RateLimited, parse_event
+from agentsync.protocol import (
+    Event,
+    Gone,
+    InvalidEvent,
+    NewEvent,
+    NotFound,
+    RateLimited,
+    Unavailable,
+    parse_event,
+)
 from agentsync.session import Reader
 from agentsync.store.base import ShareRecord
 from agentsync.store.sqlite import SQLiteStore
@@ -193,3 +203,65 @@ async def test_pipelined_batches_keep_their_order_when_ids_are_looked_up(hub: Hu
     assert not live.core.all_ids_known
     results = await asyncio.gather(*(hub.append(live, [status(100 + i)]) for i in range(20)))
     assert [r.seqs[0] for r in results] == list(range(13, 33))
+
+
+class FlakyStore(SQLiteStore):
+    """The real SQLite store, with appends that fail (or wait) when a test says so."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.fail_next = False
+        self.gate: asyncio.Event | None = None
+
+    async def append(self, session_id: str, events: Sequence[Event]) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail_next:
+            self.fail_next = False
+            raise sqlite3.OperationalError("database or disk is full")
+        await super().append(session_id, events)
+
+
+async def flaky_hub(tmp_path: Path) -> tuple[Hub, FlakyStore]:
+    cfg = config(tmp_path)
+    store = FlakyStore(cfg.sqlite_path)
+    hub = Hub(cfg, store, Metrics())
+    await store.open()
+    return hub, store
+
+
+async def test_a_failed_store_write_is_rolled_back_and_can_be_retried(tmp_path: Path) -> None:
+    hub, store = await flaky_hub(tmp_path)
+    try:
+        live = await hub.get(await new_share(hub))
+        await hub.append(live, [status(1)])
+        store.fail_next = True
+        with pytest.raises(Unavailable):
+            await hub.append(live, [status(2)])
+        live = await hub.get(live.id)
+        assert (await hub.append(live, [status(2)])).seqs == [2]
+        assert (await hub.append(live, [status(3)])).seqs == [3]
+        assert [e.id for e in await store.read_events(live.id, 0, 10)] == ["ev1", "ev2", "ev3"]
+    finally:
+        await hub.stop()
+
+
+async def test_a_retry_in_flight_fails_with_its_original(tmp_path: Path) -> None:
+    hub, store = await flaky_hub(tmp_path)
+    try:
+        live = await hub.get(await new_share(hub))
+        store.gate = asyncio.Event()
+        store.fail_next = True
+        original = asyncio.ensure_future(hub.append(live, [status(1)]))
+        await asyncio.sleep(0.01)
+        retry = asyncio.ensure_future(hub.append(live, [status(1)]))
+        await asyncio.sleep(0.01)
+        store.gate.set()
+        store.gate = None
+        results = await asyncio.gather(original, retry, return_exceptions=True)
+        assert all(isinstance(r, Unavailable) for r in results), results
+        live = await hub.get(live.id)
+        assert (await hub.append(live, [status(1)])).seqs == [1]
+        assert [e.seq for e in await store.read_events(live.id, 0, 10)] == [1]
+    finally:
+        await hub.stop()

@@ -78,6 +78,7 @@ class LiveSession:
     # Completion of the newest in-flight append: commits happen in the order prepared.
     tail: asyncio.Future[None] | None = None
     snapshot_seq: int = 0
+    snapshotting: bool = False  # a snapshot save is in progress
     last_active: float = field(default_factory=time.monotonic)
     waiters: int = 0  # SSE and long-poll requests in progress
     gone: str | None = None  # why the share stopped serving (deleted / expired)
@@ -284,19 +285,34 @@ class Hub:
             if prepared.new_events:
                 try:
                     await self.store.append(live.id, prepared.new_events)
-                except (SeqConflict, OSError, RuntimeError) as exc:
-                    log.error("append to %s failed: %s; reloading the session", live.id, exc)
-                    if not core.abort(prepared):
+                except Exception as exc:
+                    log.error("append to %s failed: %s", live.id, exc)
+                    # A conflict means memory and store disagree: reload from the store.
+                    if isinstance(exc, SeqConflict) or not core.abort(prepared):
+                        log.warning("reloading session %s from the store", live.id)
                         await self.drop(live, None)
                     raise Unavailable("the write could not be stored; retry it") from exc
             if previous is not None:
-                await previous
+                try:
+                    await previous
+                except Exception as exc:
+                    # An earlier batch failed; this one may hold retries of its ids (their
+                    # seqs are void now) or was stored after it: start over from the store.
+                    if prepared.new_events or not core.abort(prepared):
+                        await self.drop(live, None)
+                    raise Unavailable("an earlier write failed; retry this one") from exc
             if live.gone is None:
                 core.commit(prepared)
                 if prepared.new_events:
                     self._committed(live)
-        finally:
+        except BaseException as exc:
+            failure = exc if isinstance(exc, Exception) else Unavailable("write cancelled")
+            done.set_exception(failure)
+            done.exception()  # retrieved: only a later batch of this session may care
+            raise
+        else:
             done.set_result(None)
+        finally:
             if live.tail is done:
                 live.tail = None
         stored = len(prepared.new_events)
@@ -375,12 +391,16 @@ class Hub:
 
     async def _save_snapshot(self, live: LiveSession) -> None:
         core = live.core
-        if core.last_seq <= live.snapshot_seq or core.in_flight:
+        if core.last_seq <= live.snapshot_seq or core.in_flight or live.snapshotting:
             return
-        seq = core.last_seq
-        state = orjson.dumps(core.snapshot())
-        await self.store.save_snapshot(Snapshot(live.id, seq, state))
-        live.snapshot_seq = max(live.snapshot_seq, seq)
+        live.snapshotting = True  # one save at a time, however many appends ask for one
+        try:
+            seq = core.last_seq
+            state = orjson.dumps(core.snapshot())
+            await self.store.save_snapshot(Snapshot(live.id, seq, state))
+            live.snapshot_seq = max(live.snapshot_seq, seq)
+        finally:
+            live.snapshotting = False
 
     # reading
 

@@ -35,6 +35,8 @@ from agentsync.session import CatchUp, Reader
 log = logging.getLogger("agentsync.ws")
 
 HELLO_TIMEOUT = 10.0
+PRESENCE_BACKLOG = 64  # presence frames queued for a busy socket before they are skipped
+SIDE_BACKLOG = 4096  # acks/errors queued for a socket that does not read them
 
 
 class WsLink:
@@ -53,7 +55,9 @@ class WsLink:
         self.closed = False
         self.greeted = False  # side frames wait until the greeting is out
         self._wakeup = asyncio.Event()
-        self._side: collections.deque[bytes] = collections.deque(maxlen=64)  # acks, presence
+        # Frames outside the log (acks, errors, presence) waiting for the socket. Acks are
+        # never dropped; a client that lets too many pile up is cut off (resumable).
+        self._side: collections.deque[bytes] = collections.deque()
         self._max_lag = hub.config.max_reader_lag
         self._max_frame = hub.config.max_frame_events
 
@@ -91,7 +95,8 @@ class WsLink:
         return True
 
     def send_presence(self, payload: bytes) -> None:
-        self.send_side(payload)
+        if len(self._side) < PRESENCE_BACKLOG:  # presence is ephemeral: skip when busy
+            self.send_side(payload)
 
     def send_side(self, payload: bytes) -> None:
         """Queue a frame that is not part of the log (ack, error, presence)."""
@@ -100,6 +105,10 @@ class WsLink:
         direct = self.direct
         if self.greeted and direct is not None and direct.writable() and not self._side:
             direct.write_text(payload)
+            return
+        if len(self._side) >= SIDE_BACKLOG:
+            self.hub.metrics.slow_consumers.inc()
+            self.close(CLOSE_SLOW_CONSUMER, "too many unread replies; reconnect and resume")
             return
         self._side.append(payload)
         self._wakeup.set()
@@ -214,7 +223,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     if isinstance(plan, CatchUp):
         reader.cursor = plan.since
         first = await hub.events_after(live, plan.since, hub.config.max_frame_events)
-        if live.gone is not None or live.core is not core:
+        if live.gone is not None or hub.sessions.get(live.id) is not live:
             await _close(websocket, protocol.CLOSE_SERVER_SHUTDOWN, "session reloaded; resume")
             return
         greeting: dict[str, Any] = {
