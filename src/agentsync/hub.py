@@ -528,8 +528,11 @@ class Hub:
 
 def _wire_frame(core: Session, cursor: int, max_events: int) -> tuple[bytes, bytes, int] | None:
     """The next frame for readers at ``cursor``: payload, serialized frame, end seq."""
-    events = core.backlog.after(cursor, max_events)
-    if not events:
+    try:
+        frame = core.frame_after(cursor, max_events)
+    except LookupError:
+        return None  # behind the backlog: each such reader's own task reads the store
+    if frame is None:
         return None
-    payload = protocol.events_frame([e.encoded for e in events])
-    return payload, protocol.ws_text_frame(payload), events[-1].seq
+    payload, end = frame
+    return payload, protocol.ws_text_frame(payload), end

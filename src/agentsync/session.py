@@ -158,11 +158,6 @@ class Backlog:
         self._events: deque[Event] = deque()
         self._bytes = 0
 
-    @property
-    def first_seq(self) -> int:
-        """The oldest seq held; ``last_seq + 1`` when empty."""
-        return self._events[0].seq if self._events else -1
-
     def extend(self, events: Sequence[Event]) -> None:
         self._events.extend(events)
         self._bytes += sum([len(event.encoded) for event in events])
@@ -386,17 +381,19 @@ class Session:
         self.readers.pop(reader.id, None)
 
     def pending_frame(self, reader: Reader, max_events: int) -> tuple[bytes, int] | None:
-        """The next ``events`` frame for a reader that is behind, coalescing what it missed.
+        """The next ``events`` frame for a reader that is behind (see ``frame_after``)."""
+        return self.frame_after(reader.cursor, max_events)
 
-        Returns the frame and the seq it ends at, or None when the reader is up to date.
-        Raises LookupError when the backlog no longer holds the reader's next event (the
-        caller reads from the store instead).
+    def frame_after(self, cursor: int, max_events: int) -> tuple[bytes, int] | None:
+        """One ``events`` frame coalescing what follows ``cursor``, and the seq it ends at;
+        None when ``cursor`` is up to date. Raises LookupError when the backlog no longer
+        holds the next event (the caller reads from the store instead).
         """
-        if reader.cursor >= self.last_seq:
+        if cursor >= self.last_seq:
             return None
-        events = self.backlog.after(reader.cursor, max_events)
+        events = self.backlog.after(cursor, max_events)
         if not events:
-            raise LookupError(reader.cursor)
+            raise LookupError(cursor)
         return events_frame([e.encoded for e in events]), events[-1].seq
 
     def lag(self, reader: Reader) -> int:
