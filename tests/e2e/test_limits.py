@@ -188,8 +188,9 @@ async def test_cors_and_security_headers(server: Any, http: httpx.AsyncClient) -
     assert preflight.headers["access-control-allow-origin"] in ("*", "https://app.test")
     share = await create_share(http)
     page = await http.get(f"/share/{share['session_id']}")
-    assert "script-src" not in page.headers["content-security-policy"]
-    assert "default-src 'none'" in page.headers["content-security-policy"]
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src 'self';" in csp
+    assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
     assert page.headers["x-content-type-options"] == "nosniff"
     assert page.headers["referrer-policy"] == "no-referrer"
     api = await http.get("/healthz")

@@ -27,8 +27,9 @@ from agentsync.hub import Hub
 from agentsync.limits import AddressLimits
 from agentsync.metrics import Metrics
 from agentsync.protocol import AgentsyncError, BadRequest, NotFound
-from agentsync.server import admin, http, openapi, viewer, ws
+from agentsync.server import admin, http, openapi, ws
 from agentsync.server.guard import Guard, mask_tokens
+from agentsync.server.web import routes as web
 from agentsync.server.wsproto import AgentsyncWebSocketProtocol
 from agentsync.store.base import Store
 
@@ -99,7 +100,8 @@ def create_app(node: Node) -> Starlette:
         Route("/v1/sessions/{session_id}/stream", http.stream_events, methods=["GET"]),
         Route("/v1/sessions/{session_id}/export", http.export_session, methods=["GET"]),
         WebSocketRoute("/v1/sessions/{session_id}/ws", ws.websocket_endpoint),
-        Route("/share/{session_id}", viewer.share_page, methods=["GET"]),
+        Route("/share/{session_id}", web.share_page, methods=["GET"]),
+        Route("/static/{name}", web.static_asset, methods=["GET"]),
         Route("/healthz", http.healthz, methods=["GET"]),
         Route("/readyz", http.readyz, methods=["GET"]),
         Route("/metrics", http.metrics, methods=["GET"]),
