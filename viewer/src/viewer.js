@@ -48,9 +48,22 @@ function reconcile(model, full) {
   if (follow && !full) window.scrollTo(0, document.documentElement.scrollHeight);
 }
 
+/** Update an article in place: swapping the element itself would make the browser restyle
+ * every other article of a long transcript, and streaming would drop frames. */
 function replace(node, message, key) {
   const open = new Set([...node.querySelectorAll("details.tool[open]")].map((d) => d.dataset.call));
-  node.replaceWith(messageEl(message, key, open));
+  const fresh = messageEl(message, key, open);
+  if (node.className !== fresh.className) node.className = fresh.className;
+  node.dataset.rev = key;
+  const [oldHeader, oldBody, ...oldTools] = node.children;
+  const [newHeader, newBody, ...newTools] = fresh.children;
+  if (!oldHeader.isEqualNode(newHeader)) oldHeader.replaceWith(newHeader);
+  if (oldBody.innerHTML !== newBody.innerHTML) oldBody.replaceWith(newBody);
+  newTools.forEach((tool, i) => {
+    if (i >= oldTools.length) node.append(tool);
+    else if (!oldTools[i].isEqualNode(tool)) oldTools[i].replaceWith(tool);
+  });
+  oldTools.slice(newTools.length).forEach((tool) => tool.remove());
 }
 
 function renderHeader(model) {

@@ -84,14 +84,6 @@ def markdown(text: str) -> str:
     )
 
 
-def highlight_css() -> str:
-    """Pygments' token colours, scoped to code blocks in messages, light and dark."""
-    scope = ".md pre code"
-    light = HtmlFormatter(style="default").get_style_defs(scope)  # type: ignore[no-untyped-call]
-    dark = HtmlFormatter(style="github-dark").get_style_defs(scope)  # type: ignore[no-untyped-call]
-    return f"{light}\n@media (prefers-color-scheme: dark) {{\n{dark}\n}}\n"
-
-
 def _text(value: Any) -> str:
     """Tool arguments and outputs: strings as they are, anything else as indented JSON."""
     if isinstance(value, str):

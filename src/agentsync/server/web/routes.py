@@ -8,6 +8,8 @@ when WebSocket fails) and re-renders only the messages that change afterwards.
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import hashlib
 import html
 from dataclasses import dataclass
@@ -15,17 +17,18 @@ from importlib import resources
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import Response
 
 from agentsync.protocol import NotFound
 from agentsync.server.http import hub_of, readable_session
-from agentsync.server.web.render import clock, highlight_css, json_for_script, message_html
+from agentsync.server.web.render import clock, json_for_script, message_html
 from agentsync.store.base import ShareRecord
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
+GZIP_MIN = 4096  # smaller pages go as they are
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +44,6 @@ def _load_assets() -> dict[str, Asset]:
     for name in ("viewer.js", "viewer.css"):
         path = files / name
         found[name] = path.read_bytes() if path.is_file() else b""
-    found["highlight.css"] = highlight_css().encode()
     types = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
     return {
         name: Asset(body, types[name[name.rindex(".") :]], hashlib.sha256(body).hexdigest()[:12])
@@ -85,9 +87,8 @@ def render_page(
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
         f"<title>{title} · agentsync</title>"
-        "<meta name='referrer' content='no-referrer'>"
+        "<meta name='referrer' content='no-referrer'><link rel='icon' href='data:,'>"
         f"<link rel='stylesheet' href='{asset_url('viewer.css')}'>"
-        f"<link rel='stylesheet' href='{asset_url('highlight.css')}'>"
         f"<script src='{asset_url('viewer.js')}' defer></script></head>"
     )
     body = [
@@ -126,16 +127,41 @@ def render_page(
     return head + "".join(body)
 
 
-async def share_page(request: Request) -> HTMLResponse:
+def _detached(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """A copy the fold will not touch: it edits a message's tool lists in place."""
+    messages = [
+        {
+            **m,
+            "toolCalls": list(m.get("toolCalls") or []),
+            "toolResults": list(m.get("toolResults") or []),
+        }
+        for m in snapshot["messages"]
+    ]
+    return {**snapshot, "session": dict(snapshot["session"]), "messages": messages}
+
+
+def _encode_page(
+    snapshot: dict[str, Any], participants: list[dict[str, Any]], share: ShareRecord, gz: bool
+) -> bytes:
+    page = render_page(snapshot, participants, share).encode()
+    return gzip.compress(page, compresslevel=1) if gz and len(page) > GZIP_MIN else page
+
+
+async def share_page(request: Request) -> Response:
     live = await readable_session(request)
     hub = hub_of(request)
-    page = render_page(live.core.snapshot(), hub.participants(live), live.share)
-    return HTMLResponse(
-        page,
-        headers={
-            "Content-Security-Policy": CSP,
-            "Cache-Control": "no-store",
-            "X-Content-Type-Options": "nosniff",
-            "Referrer-Policy": "no-referrer",
-        },
-    )
+    snapshot = _detached(live.core.snapshot())
+    gz = "gzip" in request.headers.get("accept-encoding", "")
+    # Rendering a big session's markdown and code the first time takes a while: off the
+    # event loop, so readers and writers of every session keep going meanwhile.
+    page = await asyncio.to_thread(_encode_page, snapshot, hub.participants(live), live.share, gz)
+    headers = {
+        "Content-Security-Policy": CSP,
+        "Cache-Control": "no-store",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Vary": "Accept-Encoding",
+    }
+    if page[:2] == b"\x1f\x8b":
+        headers["Content-Encoding"] = "gzip"
+    return Response(page, media_type="text/html; charset=utf-8", headers=headers)
