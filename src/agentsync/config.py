@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +22,20 @@ class Config:
     port: int = dataclasses.field(default=8787, metadata={"help": "port to listen on"})
     data: str = dataclasses.field(
         default="./agentsync-data", metadata={"help": "data directory (SQLite database)"}
+    )
+    store: str = dataclasses.field(
+        default="sqlite",
+        metadata={
+            "help": "where shares and logs live: sqlite (a file in --data) or "
+            "postgresql://USER[:PASSWORD]@HOST[:PORT]/DB[?schema=NAME] (shared by nodes)"
+        },
+    )
+    bus: str = dataclasses.field(
+        default="",
+        metadata={
+            "help": "cross-node fan-out when several nodes share a PostgreSQL store: "
+            "redis://HOST[:PORT][/DB] (default: none, this node alone)"
+        },
     )
     public_url: str = dataclasses.field(
         default="", metadata={"help": "base URL in share links (default http://HOST:PORT)"}
@@ -172,6 +187,34 @@ class Config:
     @property
     def sqlite_path(self) -> Path:
         return Path(self.data) / "agentsync.db"
+
+    @property
+    def store_backend(self) -> str:
+        """``sqlite`` or ``postgresql``, as ``--store`` names it."""
+        scheme = self.store.partition("://")[0].lower()
+        if scheme in ("", "sqlite"):
+            return "sqlite"
+        if scheme in ("postgresql", "postgres"):
+            return "postgresql"
+        raise SystemExit(
+            f"agentsync: unknown store {_without_password(self.store)!r}: use sqlite "
+            "(the default) or postgresql://USER@HOST:PORT/DB"
+        )
+
+    @property
+    def store_label(self) -> str:
+        """Where the data lives, for the log: the data directory or the database URL."""
+        if self.store_backend == "sqlite":
+            return self.data
+        return _without_password(self.store)
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def _convert(name: str, kind: type, raw: Any) -> Any:

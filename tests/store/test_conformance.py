@@ -4,12 +4,17 @@ Each backend is one entry in ``BACKENDS``: a factory that builds a store over a 
 location (given a fresh ``tmp_path``; calling it again with the same path reopens the same
 data, as another process or node would), and a probe that lists whatever rows of a share
 remain after deletion, read straight from the database rather than through the store.
+
+A backend that needs a service (PostgreSQL at ``AGENTSYNC_TEST_POSTGRES``, by default
+``postgresql://postgres@127.0.0.1:5432/test``) skips when the service is unreachable,
+except under ``AGENTSYNC_REQUIRE_SERVICES=1`` (CI), where it fails.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
 import sqlite3
@@ -35,6 +40,10 @@ class Backend:
     make: Callable[[Path], Store]
     leftovers: Callable[[Path, str], Awaitable[dict[str, int]]]
     """Rows per table that still mention a share id, read from the database itself."""
+    missing: Callable[[], Awaitable[str | None]] | None = None
+    """Why the backend cannot run here (its service is unreachable), or None."""
+    cleanup: Callable[[Path], Awaitable[None]] | None = None
+    """Drop what the test stored outside ``tmp_path``."""
 
 
 def _sqlite_make(path: Path) -> Store:
@@ -65,14 +74,94 @@ async def _sqlite_leftovers(path: Path, share_id: str) -> dict[str, int]:
     return await asyncio.to_thread(scan)
 
 
+POSTGRES_URL = os.environ.get(
+    "AGENTSYNC_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
+)
+_postgres_missing_reason: list[str | None] = []  # probed once per test run
+
+
+def _postgres_schema(path: Path) -> str:
+    """One schema per test directory: the same path reopens the same data."""
+    return "t_" + hashlib.sha256(str(path).encode()).hexdigest()[:16]
+
+
+def _postgres_make(path: Path) -> Store:
+    from agentsync.store.postgres import PostgresStore
+
+    return PostgresStore(POSTGRES_URL, schema=_postgres_schema(path), pool_size=4)
+
+
+async def _postgres_leftovers(path: Path, share_id: str) -> dict[str, int]:
+    import asyncpg
+
+    schema = _postgres_schema(path)
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        tables = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1", schema)
+        found: dict[str, int] = {}
+        for (table,) in tables:
+            rows = await conn.fetch(f'SELECT * FROM "{schema}"."{table}"')
+            hits = sum(1 for row in rows if any(share_id in str(value) for value in row))
+            if hits:
+                found[table] = hits
+        return found
+    finally:
+        await conn.close()
+
+
+async def _postgres_missing() -> str | None:
+    if not _postgres_missing_reason:
+        try:
+            import asyncpg
+        except ImportError:
+            reason: str | None = "asyncpg is not installed (pip install -e .)"
+        else:
+            try:
+                conn = await asyncpg.connect(POSTGRES_URL, timeout=5)
+                await conn.close()
+                reason = None
+            except Exception as exc:
+                reason = f"PostgreSQL at {POSTGRES_URL} is unreachable: {exc!r}"
+        _postgres_missing_reason.append(reason)
+    return _postgres_missing_reason[0]
+
+
+async def _postgres_cleanup(path: Path) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{_postgres_schema(path)}" CASCADE')
+    finally:
+        await conn.close()
+
+
 BACKENDS: dict[str, Backend] = {
-    backend.name: backend for backend in [Backend("sqlite", _sqlite_make, _sqlite_leftovers)]
+    backend.name: backend
+    for backend in [
+        Backend("sqlite", _sqlite_make, _sqlite_leftovers),
+        Backend(
+            "postgres",
+            _postgres_make,
+            _postgres_leftovers,
+            missing=_postgres_missing,
+            cleanup=_postgres_cleanup,
+        ),
+    ]
 }
 
 
 @pytest.fixture(params=list(BACKENDS))
-def backend(request: pytest.FixtureRequest) -> Backend:
-    return BACKENDS[request.param]
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    chosen = BACKENDS[request.param]
+    reason = await chosen.missing() if chosen.missing is not None else None
+    if reason is not None:
+        if os.environ.get("AGENTSYNC_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"the {chosen.name} store needs its service: {reason}")
+        pytest.skip(reason)
+    yield chosen
+    if chosen.cleanup is not None:
+        await chosen.cleanup(tmp_path)
 
 
 @pytest.fixture
@@ -184,6 +273,25 @@ async def test_conflict_in_a_group_spares_the_other_appends(store: Store) -> Non
     assert [(e.seq, e.id) for e in read] == [(1, "e1"), (2, "e2"), (3, "other")]
 
 
+async def test_conflict_in_a_large_group_spares_the_other_appends(store: Store) -> None:
+    """The same with thousands of rows in the group (bulk paths such as COPY)."""
+    await store.append("s", events(1, 2))
+    results = await asyncio.gather(
+        *(store.append(f"big{i}", events(1, 100)) for i in range(15)),
+        store.append("huge", events(1, 1000)),
+        store.append("s", [event(3), event(4, "e1")]),
+        store.append("s", [event(3, "other")]),
+        return_exceptions=True,
+    )
+    assert results[:16] == [None] * 16
+    assert isinstance(results[16], SeqConflict)
+    assert results[17] is None
+    for i in range(15):
+        assert await seqs(store, f"big{i}") == list(range(1, 101))
+    assert await seqs(store, "huge") == list(range(1, 1001))
+    assert [e.id for e in await store.read_events("s", 0, 10)] == ["e1", "e2", "other"]
+
+
 async def test_concurrent_appends_all_commit(store: Store) -> None:
     commits_before = getattr(store, "commits", None)
     await asyncio.gather(*(store.append(f"s{i}", events(1, 2)) for i in range(200)))
@@ -201,6 +309,33 @@ async def test_concurrent_racing_appends_one_wins(store: Store) -> None:
     assert sum(r is None for r in results) == 1
     assert all(isinstance(r, SeqConflict) for r in results if r is not None)
     assert await seqs(store, "s") == [1]
+
+
+async def test_pipelined_appends_commit_in_submission_order(store: Store) -> None:
+    """Appends to one session submitted without awaiting each other, spread over several
+    transactions of a group-committing backend, all commit, in the order submitted."""
+    pending = []
+    for seq in range(1, 301):
+        pending.append(asyncio.ensure_future(store.append("s", [event(seq)])))
+        if seq % 7 == 0:
+            await asyncio.sleep(0)  # let the writer start a transaction in between
+    await asyncio.gather(*pending)
+    assert await seqs(store, "s") == list(range(1, 301))
+
+
+async def test_delete_queued_after_appends_removes_them(
+    store: Store, backend: Backend, tmp_path: Path
+) -> None:
+    record = share()
+    await store.create_share(record)
+    results = await asyncio.gather(
+        store.append(record.id, events(1, 3)),
+        store.append(record.id, events(4, 5)),
+        store.delete_share(record.id),
+    )
+    assert results == [None, None, True]
+    assert await seqs(store, record.id) == []
+    assert await backend.leftovers(tmp_path, record.id) == {}
 
 
 async def test_read_events_after_and_limit(store: Store) -> None:
@@ -248,6 +383,32 @@ async def test_stores_are_shared_through_the_database(backend: Backend, tmp_path
         with pytest.raises(SeqConflict):
             await first.append("gone", events(3, 3))  # the log it knew is gone
         assert await seqs(second, "gone") == []
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_stores_racing_for_one_session_never_break_density(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """Two nodes appending the same seqs at once: for each seq exactly one wins."""
+    first, second = backend.make(tmp_path), backend.make(tmp_path)
+    await first.open()
+    await second.open()
+    try:
+        winners = []
+        for seq in range(1, 31):
+            results = await asyncio.gather(
+                first.append("s", [event(seq, f"a{seq}")]),
+                second.append("s", [event(seq, f"b{seq}")]),
+                return_exceptions=True,
+            )
+            assert sum(r is None for r in results) == 1, results
+            assert all(isinstance(r, SeqConflict) for r in results if r is not None)
+            winners.append("a" if results[0] is None else "b")
+        stored = await second.read_events("s", 0, 100)
+        assert [e.seq for e in stored] == list(range(1, 31))
+        assert [e.id[0] for e in stored] == winners
     finally:
         await first.close()
         await second.close()
@@ -444,7 +605,13 @@ def _admin_share(share_id: str) -> ShareRecord:
 
 
 async def test_deleted_share_cannot_be_read_back_from_the_sqlite_files(tmp_path: Path) -> None:
-    """Not a row, not a freed page, not a WAL frame: the raw bytes hold nothing of it."""
+    """Not a row, not a freed page, not a WAL frame: the raw bytes hold nothing of it.
+
+    SQLite only: its files are ours. PostgreSQL's table files and WAL belong to the
+    database server (VACUUM and WAL recycling erase deleted rows there); what the
+    PostgreSQL store guarantees, no row left in any table, is
+    test_delete_leaves_nothing_of_the_share.
+    """
     store = SQLiteStore(tmp_path / "data" / "agentsync.db")
     await store.open()
     marker = "confidential-" + new_id(8)

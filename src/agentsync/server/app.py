@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
+from agentsync.bus.base import Bus
 from agentsync.config import Config
 from agentsync.hub import Hub
 from agentsync.limits import AddressLimits
@@ -48,11 +49,40 @@ class Node:
 
     @classmethod
     def from_config(cls, config: Config) -> Node:
-        from agentsync.store.sqlite import SQLiteStore
-
-        store = SQLiteStore(config.sqlite_path, synchronous=config.sqlite_synchronous)
+        store = make_store(config)
         metrics = Metrics()
-        return cls(config, store, metrics, Hub(config, store, metrics), AddressLimits(config))
+        hub = Hub(config, store, metrics, make_bus(config))
+        return cls(config, store, metrics, hub, AddressLimits(config))
+
+
+def make_store(config: Config) -> Store:
+    """The store ``--store`` names (not opened yet): SQLite in ``--data``, or PostgreSQL."""
+    if config.store_backend == "postgresql":
+        from agentsync.store.postgres import PostgresStore
+
+        try:
+            return PostgresStore.from_url(config.store)
+        except ValueError as exc:
+            raise SystemExit(f"agentsync: --store {config.store_label}: {exc}") from None
+    from agentsync.store.sqlite import SQLiteStore
+
+    return SQLiteStore(config.sqlite_path, synchronous=config.sqlite_synchronous)
+
+
+def make_bus(config: Config) -> Bus | None:
+    """The bus ``--bus`` names, or None for a node that is alone."""
+    if not config.bus:
+        return None
+    if not config.bus.startswith(("redis://", "rediss://", "unix://")):
+        raise SystemExit(f"agentsync: --bus {config.bus!r}: use redis://HOST:PORT/DB")
+    if config.store_backend == "sqlite":
+        raise SystemExit(
+            "agentsync: --bus joins nodes that share one store: use it with "
+            "--store postgresql://..., not with the SQLite file of one node"
+        )
+    from agentsync.bus.redis import RedisBus
+
+    return RedisBus(config.bus)
 
 
 async def _agentsync_error(request: Request, exc: Exception) -> Response:
@@ -83,7 +113,7 @@ def create_app(node: Node) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await node.hub.start()
-        log.info("agentsync ready: data in %s", node.config.data)
+        log.info("agentsync ready: data in %s", node.config.store_label)
         try:
             yield
         finally:
