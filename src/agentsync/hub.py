@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import orjson
 
 from agentsync import protocol
+from agentsync.bus.base import Bus
 from agentsync.config import Config
 from agentsync.limits import ConnectionCounter, RateLimiter
 from agentsync.metrics import Metrics
@@ -35,13 +36,15 @@ from agentsync.protocol import (
     Unavailable,
 )
 from agentsync.redact import Redactor
-from agentsync.session import Backlog, Reader, Session, SessionState
+from agentsync.relay import Relay
+from agentsync.session import Backlog, Prepared, Reader, Session, SessionState
 from agentsync.store.base import SeqConflict, ShareRecord, Snapshot, Store
 
 log = logging.getLogger("agentsync.hub")
 
 LOAD_PAGE = 5000
 GONE_MEMORY = 10_000
+CONFLICT_RETRIES = 20  # an append prepared again after another node took its seqs, at most
 
 
 class ReaderLink(Protocol):
@@ -109,7 +112,9 @@ def _new_future() -> asyncio.Future[None]:
 class Hub:
     """Owns the live sessions of this node; the server's handlers call into it."""
 
-    def __init__(self, config: Config, store: Store, metrics: Metrics) -> None:
+    def __init__(
+        self, config: Config, store: Store, metrics: Metrics, bus: Bus | None = None
+    ) -> None:
         self.config = config
         self.store = store  # the durable log and shares
         self.metrics = metrics
@@ -125,11 +130,15 @@ class Hub:
         # closes the window while a delete commits).
         self._gone: OrderedDict[str, str] = OrderedDict()
         self._closing = False
+        # With a bus, other nodes write and read the same sessions (None: this node alone).
+        self.relay = Relay(self, bus) if bus is not None else None
 
     # lifecycle
 
     async def start(self) -> None:
         await self.store.open()
+        if self.relay is not None:
+            await self.relay.start()
         self.spawn(self._evict_loop())
         self.spawn(self._sweep_loop())
 
@@ -152,10 +161,15 @@ class Hub:
             with contextlib.suppress(Exception):
                 if live.tail is not None:
                     await asyncio.wait_for(asyncio.shield(live.tail), 5)
+                async with asyncio.timeout(5):
+                    async with live.prepare_lock:  # an exclusive append in progress
+                        pass
                 await self._save_snapshot(live)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.relay is not None:
+            await self.relay.stop()
         await self.store.close()
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
@@ -194,8 +208,23 @@ class Hub:
         live.last_active = time.monotonic()
         return live
 
+    def is_loaded_or_loading(self, session_id: str) -> bool:
+        return session_id in self.sessions or session_id in self._loading
+
     async def _load(self, session_id: str) -> LiveSession:
         self._check_gone(session_id)
+        if self.relay is None:
+            return await self._read_session(session_id)
+        # Subscribed first: whatever another node commits from now on is in what we read
+        # below, or arrives on the bus afterwards (and is skipped when we hold it).
+        await self.relay.subscribe(session_id)
+        try:
+            return await self._read_session(session_id)
+        except BaseException:
+            self.relay.release(session_id)
+            raise
+
+    async def _read_session(self, session_id: str) -> LiveSession:
         share = await self.store.get_share(session_id)
         if share is None:
             if await self.store.is_tombstoned(session_id):
@@ -267,6 +296,24 @@ class Hub:
                 code="session_full",
             )
         batch = self._redact(batch)
+        if self.relay is not None:
+            prepared = await self._store_exclusive(live, batch)
+        else:
+            prepared = await self._store_pipelined(live, batch)
+        stored = len(prepared.new_events)
+        self.metrics.events_in.inc(stored)
+        if stored < len(batch):
+            self.metrics.events_duplicate.inc(len(batch) - stored)
+        self.metrics.append_seconds.observe(time.perf_counter() - started)
+        live.last_active = time.monotonic()
+        if core.last_seq - live.snapshot_seq >= self.config.snapshot_every:
+            self.spawn(self._save_snapshot(live))
+        return AppendResult(prepared.seqs, core.last_seq, core.epoch)
+
+    async def _store_pipelined(self, live: LiveSession, batch: Sequence[NewEvent]) -> Prepared:
+        """One node owns the session: batches are prepared in order and stored while the
+        next ones are prepared; commits follow in prepared order (``live.tail``)."""
+        core = live.core
         # Batches are prepared in arrival order even when one must first ask the store
         # about old event ids (a session loaded from a snapshot): a pipelined writer's
         # second batch must never get seqs before its first. Uncontended, this lock
@@ -315,15 +362,66 @@ class Hub:
         finally:
             if live.tail is done:
                 live.tail = None
-        stored = len(prepared.new_events)
-        self.metrics.events_in.inc(stored)
-        if stored < len(batch):
-            self.metrics.events_duplicate.inc(len(batch) - stored)
-        self.metrics.append_seconds.observe(time.perf_counter() - started)
-        live.last_active = time.monotonic()
-        if core.last_seq - live.snapshot_seq >= self.config.snapshot_every:
-            self.spawn(self._save_snapshot(live))
-        return AppendResult(prepared.seqs, core.last_seq, core.epoch)
+        return prepared
+
+    async def _store_exclusive(self, live: LiveSession, batch: Sequence[NewEvent]) -> Prepared:
+        """Several nodes may write the session: one batch at a time per node, and a seq
+        another node took first (SeqConflict) makes this node read what it missed from
+        the store and prepare again; ids stored meanwhile through another node become
+        duplicates with their original seqs, as on one node."""
+        assert self.relay is not None
+        core = live.core
+        async with live.prepare_lock:
+            for _ in range(CONFLICT_RETRIES):
+                unknown = core.unknown_ids(e.id for e in batch)
+                if unknown:
+                    core.learn_ids(await self.store.find_event_ids(live.id, unknown))
+                if live.gone is not None:
+                    raise Gone(f"share {live.id} was {live.gone}")
+                prepared = core.prepare(batch, self.config.max_event_bytes)
+                if prepared.new_events:
+                    try:
+                        await self.store.append(live.id, prepared.new_events)
+                    except SeqConflict:
+                        core.abort(prepared)
+                        self.metrics.append_conflicts.inc()
+                        await self.catch_up_locked(live, [])
+                        continue
+                    except Exception as exc:
+                        log.error("append to %s failed: %s", live.id, exc)
+                        if not core.abort(prepared):
+                            await self.drop(live, None)
+                        raise Unavailable("the write could not be stored; retry it") from exc
+                core.commit(prepared)
+                if prepared.new_events:
+                    self._committed(live)
+                    self.relay.publish(live.id, prepared.new_events)
+                return prepared
+        raise Unavailable("the session is being written through other nodes; retry")
+
+    async def catch_up_locked(self, live: LiveSession, events: Sequence[Event]) -> None:
+        """Apply events committed through other nodes (``live.prepare_lock`` held): from
+        ``events`` when they follow on, else from the store."""
+        core = live.core
+        fresh = [e for e in events if e.seq > core.last_seq]
+        if events and not fresh:
+            return
+        contiguous = bool(fresh) and all(
+            e.seq == core.last_seq + 1 + i for i, e in enumerate(fresh)
+        )
+        if contiguous:
+            core.load(fresh)
+        else:
+            self.metrics.bus_catch_ups.inc()
+            before = core.last_seq
+            while True:
+                page = await self.store.read_events(live.id, core.last_seq, LOAD_PAGE)
+                core.load(page)
+                if len(page) < LOAD_PAGE:
+                    break
+            if core.last_seq == before:
+                return
+        self._committed(live)
 
     def _redact(self, batch: Sequence[NewEvent]) -> Sequence[NewEvent]:
         """Mask credentials in the batch's content before it is stored (``--redact``)."""
@@ -464,6 +562,8 @@ class Hub:
         if self.sessions.get(live.id) is live:
             del self.sessions[live.id]
             self.metrics.sessions.set(len(self.sessions))
+            if self.relay is not None:
+                self.relay.release(live.id)
         live.gone = gone or live.gone
         code, reason = (
             (CLOSE_GONE, f"share was {gone}")
@@ -490,7 +590,18 @@ class Hub:
         existed = await self.store.delete_share(session_id)
         if live is not None:
             await self.drop(live, why)
+        if self.relay is not None:
+            self.relay.publish_ended(session_id, why)
         return existed
+
+    async def end_here(self, session_id: str, why: str) -> None:
+        """Another node deleted the share (or saw it expire): stop serving it here."""
+        self._gone[session_id] = why
+        while len(self._gone) > GONE_MEMORY:
+            self._gone.popitem(last=False)
+        live = self.sessions.get(session_id)
+        if live is not None:
+            await self.drop(live, why)
 
     async def _evict_loop(self) -> None:
         while True:
@@ -500,7 +611,8 @@ class Hub:
     async def evict_idle(self) -> None:
         cutoff = time.monotonic() - self.config.idle_evict_seconds
         for live in list(self.sessions.values()):
-            if live.links or live.waiters or live.tail is not None or live.last_active > cutoff:
+            busy = live.tail is not None or live.prepare_lock.locked()
+            if live.links or live.waiters or busy or live.last_active > cutoff:
                 continue
             try:
                 await self._save_snapshot(live)

@@ -44,6 +44,19 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.append_conflicts = Counter(
+            "agentsync_append_conflicts",
+            "Appends that found their seqs taken by another node and prepared again",
+            registry=r,
+        )
+        self.bus_messages = Counter(
+            "agentsync_bus_messages", "Bus messages, by direction", ["direction"], registry=r
+        )
+        self.bus_catch_ups = Counter(
+            "agentsync_bus_catch_ups",
+            "Times a node read missed events from the store (a gap or a bus reconnect)",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

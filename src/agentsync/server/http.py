@@ -438,7 +438,16 @@ async def readyz(request: Request) -> Response:
         return json_response({"status": "unavailable", "store": str(exc)}, 503)
     if getattr(request.app.state, "draining", False):
         return json_response({"status": "draining"}, 503)
-    return json_response({"status": "ready", "sessions_loaded": len(hub.sessions)})
+    body: dict[str, Any] = {"status": "ready", "sessions_loaded": len(hub.sessions)}
+    if hub.relay is not None:
+        # Without the bus a node still stores every write and serves its own readers;
+        # taking it out of the balancer would not help, so it stays ready, degraded.
+        try:
+            await asyncio.wait_for(hub.relay.bus.ping(), 2.0)
+            body["bus"] = "up"
+        except Exception as exc:
+            body.update(status="degraded", bus=f"down: {exc}")
+    return json_response(body)
 
 
 async def metrics(request: Request) -> Response:

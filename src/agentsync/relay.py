@@ -1,0 +1,130 @@
+"""The hub's side of the Bus: keeps each loaded session in step with the other nodes.
+
+- A session's channel is subscribed before the session is read from the store, so an
+  event committed elsewhere is either in what the load reads or arrives on the bus.
+- Committed events are published in commit order by one task; a publish that fails is
+  kept and retried (bounded), and receivers skip what they already hold.
+- A received batch that does not follow on from the session's seq, and every session
+  after a bus reconnect, is filled from the store: the bus is a fast path, never the record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from agentsync.bus.base import (
+    Bus,
+    Committed,
+    channel_of,
+    decode,
+    encode_committed,
+    encode_ended,
+    session_of,
+)
+from agentsync.protocol import Event
+
+if TYPE_CHECKING:
+    from agentsync.hub import Hub, LiveSession
+
+log = logging.getLogger("agentsync.relay")
+
+OUTBOX_LIMIT = 100_000  # unpublished messages kept while the bus is down, at most
+PUBLISH_BATCH = 500
+
+
+class Relay:
+    def __init__(self, hub: Hub, bus: Bus) -> None:
+        self.hub = hub
+        self.bus = bus
+        self._outbox: deque[tuple[str, bytes]] = deque()
+        self._wake = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.bus.open(self._on_message, self._on_resync)
+        self.hub.spawn(self._publisher())
+
+    async def stop(self) -> None:
+        await self.bus.close()
+
+    # subscriptions follow the sessions this node has loaded
+
+    async def subscribe(self, session_id: str) -> None:
+        await self.bus.subscribe(channel_of(session_id))
+
+    def release(self, session_id: str) -> None:
+        self.hub.spawn(self._release(session_id))
+
+    async def _release(self, session_id: str) -> None:
+        if not self.hub.is_loaded_or_loading(session_id):
+            await self.bus.unsubscribe(channel_of(session_id))
+
+    # publishing
+
+    def publish(self, session_id: str, events: Sequence[Event]) -> None:
+        self._queue(channel_of(session_id), encode_committed(events))
+
+    def publish_ended(self, session_id: str, why: str) -> None:
+        self._queue(channel_of(session_id), encode_ended(why))
+
+    def _queue(self, channel: str, payload: bytes) -> None:
+        if len(self._outbox) >= OUTBOX_LIMIT:
+            self._outbox.popleft()  # receivers fill the gap from the store
+        self._outbox.append((channel, payload))
+        self._wake.set()
+
+    async def _publisher(self) -> None:
+        delay = 0.05
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._outbox:
+                batch = [self._outbox[i] for i in range(min(PUBLISH_BATCH, len(self._outbox)))]
+                try:
+                    await self.bus.publish(batch)
+                except Exception as exc:
+                    log.warning("publishing to the bus failed (%s); retrying", exc)
+                    await asyncio.sleep(delay)
+                    delay = min(2.0, delay * 2)
+                    continue
+                delay = 0.05
+                for _ in batch:
+                    self._outbox.popleft()
+                self.hub.metrics.bus_messages.labels("out").inc(len(batch))
+
+    # receiving
+
+    def _on_message(self, channel: str, payload: bytes) -> None:
+        hub = self.hub
+        live = hub.sessions.get(session_of(channel))
+        if live is None:
+            return
+        hub.metrics.bus_messages.labels("in").inc()
+        try:
+            message = decode(payload)
+        except ValueError as exc:
+            log.error("undecodable bus message on %s: %s", channel, exc)
+            return
+        if isinstance(message, Committed):
+            if message.events and message.events[-1].seq > live.core.last_seq:
+                hub.spawn(self.catch_up(live, message.events))
+        else:
+            hub.spawn(hub.end_here(live.id, message.why))
+
+    def _on_resync(self) -> None:
+        for live in list(self.hub.sessions.values()):
+            self.hub.spawn(self.catch_up(live, []))
+
+    async def catch_up(self, live: LiveSession, events: Sequence[Event]) -> None:
+        hub = self.hub
+        async with live.prepare_lock:
+            if hub.sessions.get(live.id) is not live:
+                return
+            try:
+                await hub.catch_up_locked(live, events)
+            except Exception:
+                log.exception("catching up %s from the store failed; reloading it", live.id)
+                await hub.drop(live, None)
