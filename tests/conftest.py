@@ -1,4 +1,5 @@
-"""Shared fixtures: real ``agentsync serve`` processes on loopback.
+"""Shared fixtures: real ``agentsync serve`` processes on loopback, and an S3-compatible
+server (``s3_endpoint``, ``s3_archive_url``) for the archive tests.
 
 ``server_factory(**flags)`` starts a server subprocess on a free port and a temporary data
 directory and returns a :class:`ServerProcess`; ``server`` is one such server with the
@@ -196,3 +197,52 @@ async def http(server: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client bound to the ``server`` fixture's URL."""
     async with httpx.AsyncClient(base_url=server.url, timeout=10.0) as client:
         yield client
+
+
+# --- an S3-compatible server on loopback (archive tests) -------------------------------
+
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "agentsync-test",
+    "AWS_SECRET_ACCESS_KEY": "agentsync-test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """The URL of a fresh S3-compatible server; AWS_* test credentials are exported so
+    that servers the tests start find them too."""
+    from moto.server import ThreadedMotoServer
+
+    saved = {key: os.environ.get(key) for key in CREDENTIALS}
+    os.environ.update(CREDENTIALS)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def make_bucket(endpoint: str, bucket: str) -> None:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    try:
+        client.create_bucket(Bucket=bucket)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def s3_archive_url(s3_endpoint: str) -> str:
+    """``--archive`` for a fresh, empty bucket on the loopback S3 server."""
+    bucket = "b" + os.urandom(6).hex()
+    make_bucket(s3_endpoint, bucket)
+    return f"s3://{bucket}/agentsync?endpoint={s3_endpoint}&region=us-east-1"

@@ -146,3 +146,33 @@ async def test_only_loaded_sessions_are_subscribed(cluster: Cluster) -> None:
     await b.drop(b.sessions[theirs], None)
     await asyncio.sleep(0.01)
     assert b.relay.bus.channels == set()
+
+
+async def test_presence_spans_nodes_and_expires_with_its_node(cluster: Cluster) -> None:
+    a, b = await cluster.node(), await cluster.node()
+    sid = await new_share(a)
+    live_a, live_b = await a.get(sid), await b.get(sid)
+    alice = attach(a, live_a, 0)
+    alice.reader.name = "alice"
+    a.broadcast_presence(live_a, joined=alice.reader)
+    bob = attach(b, live_b, 0)
+    bob.reader.name = "bob"
+    b.broadcast_presence(live_b, joined=bob.reader)
+    await asyncio.sleep(0.05)
+    names = sorted(p["name"] for p in a.participants(live_a))
+    assert names == sorted(p["name"] for p in b.participants(live_b)) == ["alice", "bob"]
+    # A node that loads the session later asks, and hears about both.
+    c = await cluster.node()
+    live_c = await c.get(sid)
+    await asyncio.sleep(0.05)
+    assert sorted(p["name"] for p in c.participants(live_c)) == ["alice", "bob"]
+    # bob leaves: everyone hears it.
+    b.detach(live_b, bob)
+    await asyncio.sleep(0.05)
+    assert [p["name"] for p in a.participants(live_a)] == ["alice"]
+    assert [p["name"] for p in c.participants(live_c)] == ["alice"]
+    # A node that stops says its readers are gone.
+    await a.stop()
+    cluster.hubs.remove(a)
+    await asyncio.sleep(0.05)
+    assert c.participants(live_c) == []

@@ -151,6 +151,18 @@ class Config:
     idle_evict_seconds: float = dataclasses.field(
         default=60.0, metadata={"help": "unload a session with no readers after this long"}
     )
+    archive: str = dataclasses.field(
+        default="",
+        metadata={
+            "help": "where idle sessions go cold: a directory or file:///PATH (default "
+            "archive/ in --data; none with --bus), s3://BUCKET/PREFIX[?endpoint=URL&region=R] "
+            "(credentials from the AWS_* variables), or none"
+        },
+    )
+    archive_after: float = dataclasses.field(
+        default=7 * 24 * 3600.0,
+        metadata={"help": "seconds a session stays unused before it is archived"},
+    )
     sweep_interval_seconds: float = dataclasses.field(
         default=30.0, metadata={"help": "how often expired shares are deleted"}
     )

@@ -21,9 +21,11 @@ from typing import Any, Protocol
 import orjson
 
 from agentsync import protocol
+from agentsync.archive.base import Archive
+from agentsync.archiver import Archiver, RestoringStore, initial_state
 from agentsync.bus.base import Bus
 from agentsync.config import Config
-from agentsync.limits import ConnectionCounter, RateLimiter
+from agentsync.limits import ConnectionCounter, make_limiter
 from agentsync.metrics import Metrics
 from agentsync.protocol import (
     CLOSE_GONE,
@@ -37,7 +39,7 @@ from agentsync.protocol import (
 )
 from agentsync.redact import Redactor
 from agentsync.relay import Relay
-from agentsync.session import Backlog, Prepared, Reader, Session, SessionState
+from agentsync.session import Backlog, Prepared, Reader, Session
 from agentsync.store.base import SeqConflict, ShareRecord, Snapshot, Store
 
 log = logging.getLogger("agentsync.hub")
@@ -88,6 +90,8 @@ class LiveSession:
     prepare_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # see Hub._append
     fanout_timer: asyncio.TimerHandle | None = None  # a scheduled fan-out round
     fanout_next: float = 0.0  # loop time before which no round starts (see Hub._committed)
+    # Named readers on other nodes: node id -> (monotonic expiry, participants).
+    remote_participants: dict[str, tuple[float, list[dict[str, Any]]]] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -113,14 +117,29 @@ class Hub:
     """Owns the live sessions of this node; the server's handlers call into it."""
 
     def __init__(
-        self, config: Config, store: Store, metrics: Metrics, bus: Bus | None = None
+        self,
+        config: Config,
+        store: Store,
+        metrics: Metrics,
+        bus: Bus | None = None,
+        shared_limits: Any | None = None,
+        *,
+        archive: Archive | None = None,
     ) -> None:
         self.config = config
         self.store = store  # the durable log and shares
         self.metrics = metrics
+        # With an archive, idle sessions go cold and the store restores them on use.
+        self.archiver = Archiver(self, store, archive) if archive is not None else None
+        if self.archiver is not None:
+            self.store = RestoringStore(store, self.archiver)
         self.sessions: dict[str, LiveSession] = {}
         self._loading: dict[str, asyncio.Future[LiveSession]] = {}
-        self.write_limiter = RateLimiter(config.rate_limit, config.rate_burst, what="session write")
+        # A Redis client when the cluster shares its rate limits (see limits.py).
+        self.shared_limits = shared_limits
+        self.write_limiter = make_limiter(
+            config.rate_limit, config.rate_burst, "session write", shared_limits
+        )
         self.readers_per_session = ConnectionCounter(
             config.max_connections_per_session, what="this session"
         )
@@ -137,6 +156,8 @@ class Hub:
 
     async def start(self) -> None:
         await self.store.open()
+        if self.archiver is not None:
+            await self.archiver.start()
         if self.relay is not None:
             await self.relay.start()
         self.spawn(self._evict_loop())
@@ -170,7 +191,11 @@ class Hub:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.relay is not None:
             await self.relay.stop()
+        if self.shared_limits is not None:
+            await self.shared_limits.aclose()
         await self.store.close()
+        if self.archiver is not None:
+            await self.archiver.stop()
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         """Run ``coro`` in the background, owned (and cancelled at stop) by the hub."""
@@ -219,30 +244,23 @@ class Hub:
         # below, or arrives on the bus afterwards (and is skipped when we hold it).
         await self.relay.subscribe(session_id)
         try:
-            return await self._read_session(session_id)
+            live = await self._read_session(session_id)
         except BaseException:
             self.relay.release(session_id)
             raise
+        self.relay.loaded(session_id)
+        return live
 
     async def _read_session(self, session_id: str) -> LiveSession:
         share = await self.store.get_share(session_id)
+        if share is not None and share.archive is not None:
+            share = await self._unarchive(share)
         if share is None:
             if await self.store.is_tombstoned(session_id):
                 raise Gone(f"share {session_id} was deleted or has expired")
             raise NotFound(f"no share with id {session_id}")
         snap = await self.store.load_snapshot(session_id)
-        if snap is not None:
-            state = SessionState.from_json(orjson.loads(snap.state))
-        else:
-            state = SessionState(
-                {
-                    "id": share.id,
-                    "title": share.title,
-                    "created_at": share.created_at,
-                    "expires_at": share.expires_at,
-                    "read": share.read,
-                }
-            )
+        state = initial_state(share, snap)
         core = Session(
             share.id,
             share.epoch,
@@ -262,6 +280,18 @@ class Hub:
         log.debug("loaded session %s at seq %d", session_id, core.last_seq)
         return live
 
+    async def _unarchive(self, share: ShareRecord) -> ShareRecord | None:
+        """The share once its archived log is back in the store (another node may be
+        archiving it again meanwhile: a few rounds, then 503)."""
+        for _ in range(3):
+            if self.archiver is None:
+                raise Unavailable(f"session {share.id} is archived, and no --archive is set")
+            await self.archiver.restore(share.id)
+            again = await self.store.get_share(share.id)
+            if again is None or again.archive is None:
+                return again
+        raise Unavailable(f"session {share.id} is being archived; retry")
+
     def _check_gone(self, session_id: str) -> None:
         why = self._gone.get(session_id)
         if why is not None:
@@ -269,9 +299,9 @@ class Hub:
 
     # writing
 
-    def check_write(self, live: LiveSession, batch: Sequence[NewEvent]) -> None:
+    async def check_write(self, live: LiveSession, batch: Sequence[NewEvent]) -> None:
         """The rate limit (429); the size limit (413) is checked as events are encoded."""
-        self.write_limiter.check(live.id, float(len(batch)))
+        await self.write_limiter.acheck(live.id, float(len(batch)))
 
     async def append(
         self, live: LiveSession, batch: Sequence[NewEvent], *, rate_limited: bool = True
@@ -281,7 +311,7 @@ class Hub:
         ``rate_limited=False`` is for the server's own bulk writes (import).
         """
         if rate_limited:
-            self.check_write(live, batch)
+            await self.check_write(live, batch)
         # Shielded: once the store has the batch, the commit and fan-out must happen even
         # if the client that sent it goes away.
         return await asyncio.shield(self._append(live, batch))
@@ -532,12 +562,25 @@ class Hub:
         self.metrics.connections.labels("ws").dec()
         self.broadcast_presence(live, left=link.reader)
 
-    def participants(self, live: LiveSession) -> list[dict[str, Any]]:
+    def local_participants(self, live: LiveSession) -> list[dict[str, Any]]:
+        """The named readers connected to this node."""
         return [
             {"id": r.id, "name": r.name, "writer": r.can_write}
             for r in live.core.readers.values()
             if r.name is not None
         ]
+
+    def participants(self, live: LiveSession) -> list[dict[str, Any]]:
+        """Who is watching, on every node (other nodes' lists expire unless refreshed)."""
+        out = self.local_participants(live)
+        if live.remote_participants:
+            now = time.monotonic()
+            for node, (expires, remote) in list(live.remote_participants.items()):
+                if expires < now:
+                    del live.remote_participants[node]
+                else:
+                    out.extend(remote)
+        return out
 
     def broadcast_presence(
         self, live: LiveSession, *, joined: Reader | None = None, left: Reader | None = None
@@ -545,12 +588,15 @@ class Hub:
         who = joined or left
         if who is None or who.name is None:
             return
+        change = {"joined" if joined else "left": {"id": who.id, "name": who.name}}
+        self.send_presence(live, change)
+        if self.relay is not None:
+            self.relay.publish_presence(live, change)
+
+    def send_presence(self, live: LiveSession, change: dict[str, Any] | None) -> None:
+        """A presence frame to this node's readers of the session."""
         frame = protocol.encode(
-            {
-                "op": "presence",
-                "participants": self.participants(live),
-                "joined" if joined else "left": {"id": who.id, "name": who.name},
-            }
+            {"op": "presence", "participants": self.participants(live), **(change or {})}
         )
         for link in live.links.values():
             link.send_presence(frame)
@@ -588,6 +634,8 @@ class Hub:
         if live is not None:
             live.gone = why
         existed = await self.store.delete_share(session_id)
+        if self.archiver is not None:
+            await self.archiver.forget(session_id)
         if live is not None:
             await self.drop(live, why)
         if self.relay is not None:
@@ -621,6 +669,14 @@ class Hub:
                 continue
             if not live.links and not live.waiters and live.tail is None:
                 await self.drop(live, None)
+                if self.archiver is not None:  # idle from now: archived after --archive-after
+                    with contextlib.suppress(Exception):  # at worst archived a bit early
+                        await self.store.touch_share(live.id, protocol.now_ms())
+        if self.archiver is not None:
+            try:
+                await self.archiver.archive_idle()
+            except Exception as exc:
+                log.warning("archiving idle sessions failed: %s", exc)
 
     async def _sweep_loop(self) -> None:
         while True:

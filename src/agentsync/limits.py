@@ -1,12 +1,25 @@
-"""Token buckets for rate limits."""
+"""Rate limits (token buckets) and connection caps.
+
+On one node every limit lives in this process. With several nodes (``--bus redis://``)
+the rate limits are shared through Redis, so a client cannot multiply its allowance by
+spreading its requests over the nodes: ``RedisRateLimiter`` runs GCRA (the token bucket
+as one timestamp per key) in a Lua script with Redis's clock. Its calls go over one
+connection, so they complete in the order they were made: a pipelined writer's batches
+reach the log in the order it sent them. When Redis cannot be reached, each node falls
+back to its own bucket rather than refuse everything. Connection caps stay per node.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
+from typing import Any
 
 from agentsync.config import Config
 from agentsync.protocol import RateLimited, TooManyConnections
+
+log = logging.getLogger("agentsync.limits")
 
 
 class TokenBucket:
@@ -60,13 +73,75 @@ class RateLimiter:
                 self._buckets.popitem(last=False)
         else:
             self._buckets.move_to_end(key)
-        wait = bucket.take(cost)
+        self._refuse_if(bucket.take(cost))
+
+    async def acheck(self, key: str, cost: float = 1.0) -> None:
+        """``check``, for callers that may be sharing the limit with other nodes."""
+        self.check(key, cost)
+
+    def _refuse_if(self, wait: float) -> None:
         if wait > 0:
             raise RateLimited(
                 f"{self.what} rate limit: {self.rate:g}/s with bursts of {self.burst:g}; "
                 f"retry in {wait:.2f}s",
                 retry_after=wait,
             )
+
+
+# GCRA: the key holds the "theoretical arrival time" (ms) of the next token; a request of
+# cost c is allowed when tat + c*interval - burst*interval <= now.
+GCRA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local interval, tolerance, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval * cost
+local wait = new_tat - tolerance - now
+if wait > 0 then return tostring(wait) end
+redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+return '0'
+"""
+
+
+class RedisRateLimiter(RateLimiter):
+    """The same limit for every node of a cluster (see the module docstring)."""
+
+    def __init__(self, rate: float, burst: float, *, what: str, redis: Any, prefix: str) -> None:
+        super().__init__(rate, burst, what=what)
+        self.redis = redis
+        self.prefix = prefix
+        self._script = redis.register_script(GCRA) if rate > 0 else None
+        self._warned = 0.0
+
+    async def acheck(self, key: str, cost: float = 1.0) -> None:
+        if self._script is None:
+            return
+        cost = min(cost, self.burst)
+        interval = 1000.0 / self.rate
+        try:
+            wait_ms = float(
+                await self._script(
+                    keys=[f"agentsync:rl:{self.prefix}:{key}"],
+                    args=[interval, interval * self.burst, cost],
+                )
+            )
+        except Exception as exc:
+            now = time.monotonic()
+            if now - self._warned > 10:
+                self._warned = now
+                log.warning("shared rate limits unavailable (%s); limiting per node", exc)
+            self.check(key, cost)
+            return
+        self._refuse_if(wait_ms / 1000.0)
+
+
+def make_limiter(rate: float, burst: float, what: str, redis: Any | None) -> RateLimiter:
+    """A limiter shared through ``redis`` when given, else this process's own."""
+    if redis is None:
+        return RateLimiter(rate, burst, what=what)
+    prefix = what.replace(" ", "-")
+    return RedisRateLimiter(rate, burst, what=what, redis=redis, prefix=prefix)
 
 
 class ConnectionCounter:
@@ -104,18 +179,22 @@ class ConnectionCounter:
 class AddressLimits:
     """Every per-client-address limit of a node (SPEC §5), built from its Config."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, redis: Any | None = None) -> None:
         on = config.address_limits
 
         def bucket(rate: float, burst: float, what: str) -> RateLimiter:
-            return RateLimiter(rate if on else 0.0, burst, what=what)
+            return make_limiter(rate if on else 0.0, burst, what, redis)
 
         self.requests = bucket(config.ip_rate_limit, config.ip_rate_burst, "address request")
         self.ws_connects = bucket(
             config.ws_connect_rate, config.ws_connect_burst, "address WebSocket connect"
         )
-        self.ws_publishes = bucket(
-            config.ws_publish_rate, config.ws_publish_burst, "address WebSocket publish"
+        # Per node even in a cluster: a check that waited on Redis could let a pipelined
+        # writer's later batch overtake an earlier one on the same socket.
+        self.ws_publishes = RateLimiter(
+            config.ws_publish_rate if on else 0.0,
+            config.ws_publish_burst,
+            what="address WebSocket publish",
         )
         self.share_creates = bucket(
             config.shares_per_hour / 3600.0, max(1.0, config.shares_per_hour), "share creation"

@@ -57,6 +57,16 @@ class Metrics:
             "Times a node read missed events from the store (a gap or a bus reconnect)",
             registry=r,
         )
+        self.sessions_archived = Counter(
+            "agentsync_sessions_archived",
+            "Idle sessions moved from the store to the archive",
+            registry=r,
+        )
+        self.sessions_restored = Counter(
+            "agentsync_sessions_restored",
+            "Archived sessions put back in the store on use",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

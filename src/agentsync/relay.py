@@ -11,27 +11,36 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agentsync.bus.base import (
     Bus,
     Committed,
+    Ended,
+    Presence,
+    PresenceQuery,
     channel_of,
     decode,
     encode_committed,
     encode_ended,
+    encode_presence,
+    encode_presence_query,
     session_of,
 )
-from agentsync.protocol import Event
+from agentsync.protocol import Event, new_id
 
 if TYPE_CHECKING:
     from agentsync.hub import Hub, LiveSession
 
 log = logging.getLogger("agentsync.relay")
 
+PRESENCE_REFRESH = 10.0  # seconds between a node's re-announcements of its readers
+PRESENCE_TTL = 3 * PRESENCE_REFRESH  # a node not heard of for this long has no readers
 OUTBOX_LIMIT = 100_000  # unpublished messages kept while the bus is down, at most
 PUBLISH_BATCH = 500
 
@@ -40,20 +49,33 @@ class Relay:
     def __init__(self, hub: Hub, bus: Bus) -> None:
         self.hub = hub
         self.bus = bus
+        self.node = new_id(6)  # names this process in presence messages
         self._outbox: deque[tuple[str, bytes]] = deque()
         self._wake = asyncio.Event()
 
     async def start(self) -> None:
         await self.bus.open(self._on_message, self._on_resync)
         self.hub.spawn(self._publisher())
+        self.hub.spawn(self._announce_loop())
 
     async def stop(self) -> None:
+        # Readers of this node are gone: say so rather than let the others wait for expiry.
+        for live in self.hub.sessions.values():
+            if self.hub.local_participants(live):
+                self._queue(channel_of(live.id), encode_presence(Presence(self.node, [])))
+        if self._outbox:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.bus.publish(list(self._outbox)), 2.0)
         await self.bus.close()
 
     # subscriptions follow the sessions this node has loaded
 
     async def subscribe(self, session_id: str) -> None:
         await self.bus.subscribe(channel_of(session_id))
+
+    def loaded(self, session_id: str) -> None:
+        """The session is loaded here: ask the other nodes who watches it there."""
+        self._queue(channel_of(session_id), encode_presence_query(self.node))
 
     def release(self, session_id: str) -> None:
         self.hub.spawn(self._release(session_id))
@@ -69,6 +91,17 @@ class Relay:
 
     def publish_ended(self, session_id: str, why: str) -> None:
         self._queue(channel_of(session_id), encode_ended(why))
+
+    def publish_presence(self, live: LiveSession, change: dict[str, Any] | None = None) -> None:
+        presence = Presence(self.node, self.hub.local_participants(live), change)
+        self._queue(channel_of(live.id), encode_presence(presence))
+
+    async def _announce_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PRESENCE_REFRESH)
+            for live in list(self.hub.sessions.values()):
+                if self.hub.local_participants(live):
+                    self.publish_presence(live)
 
     def _queue(self, channel: str, payload: bytes) -> None:
         if len(self._outbox) >= OUTBOX_LIMIT:
@@ -111,8 +144,20 @@ class Relay:
         if isinstance(message, Committed):
             if message.events and message.events[-1].seq > live.core.last_seq:
                 hub.spawn(self.catch_up(live, message.events))
-        else:
+        elif isinstance(message, Ended):
             hub.spawn(hub.end_here(live.id, message.why))
+        elif message.node == self.node:
+            return  # our own presence, echoed
+        elif isinstance(message, PresenceQuery):
+            if hub.local_participants(live):
+                self.publish_presence(live)
+        else:
+            expires = time.monotonic() + PRESENCE_TTL
+            if message.participants:
+                live.remote_participants[message.node] = (expires, message.participants)
+            else:
+                live.remote_participants.pop(message.node, None)
+            hub.send_presence(live, message.change)
 
     def _on_resync(self) -> None:
         for live in list(self.hub.sessions.values()):

@@ -248,3 +248,51 @@ async def test_three_nodes_survive_a_node_kill_and_a_redis_restart(
         assert reader.seqs == list(range(1, last + 1)), (reader.home, len(reader.seqs), last)
     assert sum(len(a) for a in acked.values()) > 300
     assert all(r.reconnects >= 1 for r in readers if r.home == 1)  # node 1 really went away
+
+
+async def test_two_nodes_share_rate_limits_and_presence(
+    server_factory: Any, redis_server: RedisServer, pg_schema: str
+) -> None:
+    flags = {
+        "rate_limit": 5,
+        "rate_burst": 10,
+        "store": f"{PG_URL}?schema={pg_schema}",
+        "bus": redis_server.url,
+    }
+    a, b = server_factory(**flags), server_factory(**flags)
+    async with httpx.AsyncClient(timeout=10) as http:
+        resp = await http.post(f"{a.url}/v1/shares", json={})
+        share = resp.json()
+        sid = share["session_id"]
+        statuses = []
+        for i in range(12):
+            node = (a, b)[i % 2]
+            resp = await http.post(
+                f"{node.url}/v1/sessions/{sid}/events",
+                json={"events": [message(f"m{i}", "x")]},
+                headers=bearer(share["secret"]),
+            )
+            statuses.append(resp.status_code)
+        # One allowance of 10 for the session, whichever node the writes go to.
+        assert statuses[:10] == [200] * 10 and statuses[10:] == [429, 429], statuses
+        assert "retry-after" in resp.headers
+        ready = (await http.get(f"{b.url}/readyz")).json()
+        assert ready["status"] == "ready" and ready["bus"] == "up"
+
+    async def watcher(node: Any, name: str) -> Any:
+        ws = await websockets.connect(f"{node.ws_url}/v1/sessions/{sid}/ws")
+        await ws.send(json.dumps({"op": "hello", "name": name}))
+        json.loads(await ws.recv())
+        return ws
+
+    ann = await watcher(a, "ann")
+    ben = await watcher(b, "ben")
+    try:
+        names: set[str] = set()
+        while names != {"ann", "ben"}:
+            frame = json.loads(await asyncio.wait_for(ann.recv(), 5))
+            if frame["op"] == "presence":
+                names = {p["name"] for p in frame["participants"]}
+    finally:
+        await ann.close()
+        await ben.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import os
 import signal
@@ -27,8 +28,8 @@ from typing import Any
 import orjson
 import pytest
 
-from agentsync.protocol import Event, NewEvent, new_id
-from agentsync.store.base import SeqConflict, ShareRecord, Snapshot, Store
+from agentsync.protocol import Event, NewEvent, new_id, now_ms
+from agentsync.store.base import SeqConflict, SessionArchived, ShareRecord, Snapshot, Store
 from agentsync.store.sqlite import SQLiteStore
 
 # --- backends --------------------------------------------------------------------------
@@ -641,3 +642,158 @@ async def test_deleted_share_cannot_be_read_back_from_the_sqlite_files(tmp_path:
     assert await seqs(store, kept.id) == [1, 2, 3]
     await store.close()
     assert marker.encode() not in raw() and record.id.encode() not in raw()
+
+
+# --- archiving -------------------------------------------------------------------------
+
+
+async def test_archive_swaps_the_log_for_an_object_name(
+    store: Store, backend: Backend, tmp_path: Path
+) -> None:
+    record, kept = share(), share()
+    for r in (record, kept):
+        await store.create_share(r)
+        await store.append(r.id, events(1, 5))
+        await store.save_snapshot(Snapshot(r.id, 5, b'{"at": 5}'))
+    assert await store.archive_session(record.id, 5, "v5-abc.jsonl.gz")
+
+    archived = await store.get_share(record.id)
+    assert archived is not None and archived.archive == "v5-abc.jsonl.gz"
+    assert archived == dataclasses.replace(record, archive="v5-abc.jsonl.gz")
+    assert await store.read_events(record.id, 0, 100) == []
+    assert await store.load_snapshot(record.id) is None
+    assert await store.find_event_ids(record.id, ["e1"]) == {}
+    left = await backend.leftovers(tmp_path, record.id)
+    assert set(left) == {"shares"}, left  # the hot rows are gone, the share row stays
+    assert await seqs(store, kept.id) == [1, 2, 3, 4, 5]
+    # A second archive of the same session (another node) changes nothing.
+    assert not await store.archive_session(record.id, 5, "v5-other.jsonl.gz")
+    assert (await store.get_share(record.id)).archive == "v5-abc.jsonl.gz"  # type: ignore[union-attr]
+
+
+async def test_archive_refuses_a_log_that_moved_on(store: Store) -> None:
+    record = share()
+    await store.create_share(record)
+    await store.append(record.id, events(1, 5))
+    assert not await store.archive_session(record.id, 4, "v4-x.jsonl.gz")  # behind
+    assert not await store.archive_session(record.id, 6, "v6-x.jsonl.gz")  # ahead
+    assert not await store.archive_session("unknown", 0, "v0-x.jsonl.gz")
+    assert (await store.get_share(record.id)).archive is None  # type: ignore[union-attr]
+    assert await seqs(store, record.id) == [1, 2, 3, 4, 5]
+
+
+async def test_an_archived_session_refuses_appends_and_snapshots(store: Store) -> None:
+    record = share()
+    await store.create_share(record)
+    await store.append(record.id, events(1, 3))
+    assert await store.archive_session(record.id, 3, "v3-a.jsonl.gz")
+    for batch in (events(4, 4), events(1, 1)):  # neither after the log nor a fresh log
+        with pytest.raises(SessionArchived):
+            await store.append(record.id, batch)
+    await store.save_snapshot(Snapshot(record.id, 3, b"stale"))
+    assert await store.load_snapshot(record.id) is None
+    assert await store.read_events(record.id, 0, 10) == []
+
+
+async def test_restore_puts_the_log_back_once(store: Store) -> None:
+    record = share()
+    await store.create_share(record)
+    log = events(1, 4)
+    await store.append(record.id, log)
+    assert await store.archive_session(record.id, 4, "v4-a.jsonl.gz")
+    snap = Snapshot(record.id, 4, b'{"at": 4}')
+    assert not await store.restore_session(record.id, "v4-wrong.jsonl.gz", log, snap)
+    assert await store.restore_session(record.id, "v4-a.jsonl.gz", log, snap)
+    assert not await store.restore_session(record.id, "v4-a.jsonl.gz", log, snap)  # idempotent
+    assert (await store.get_share(record.id)).archive is None  # type: ignore[union-attr]
+    read = await store.read_events(record.id, 0, 100)
+    assert [(e.seq, e.id, e.data) for e in read] == [(e.seq, e.id, e.data) for e in log]
+    assert await store.load_snapshot(record.id) == snap
+    assert await store.find_event_ids(record.id, ["e2", "e9"]) == {"e2": 2}
+    with pytest.raises(SeqConflict):
+        await store.append(record.id, [event(5, "e1")])  # a retried id is still known
+    await store.append(record.id, events(5, 6))
+    assert await seqs(store, record.id) == list(range(1, 7))
+
+
+async def test_restore_of_a_deleted_share_does_nothing(
+    store: Store, backend: Backend, tmp_path: Path
+) -> None:
+    record = share()
+    await store.create_share(record)
+    await store.append(record.id, events(1, 2))
+    assert await store.archive_session(record.id, 2, "v2-a.jsonl.gz")
+    assert await store.delete_share(record.id)
+    snap = Snapshot(record.id, 2, b"{}")
+    assert not await store.restore_session(record.id, "v2-a.jsonl.gz", events(1, 2), snap)
+    assert await backend.leftovers(tmp_path, record.id) == {}
+    assert await store.is_tombstoned(record.id)
+
+
+async def test_archive_and_restore_in_one_group_with_appends(store: Store) -> None:
+    """Queued together (one transaction of a group-committing backend), each job sees
+    the ones before it: appends after the archive are refused, after the restore accepted."""
+    record = share()
+    await store.create_share(record)
+    await store.append(record.id, events(1, 2))
+    snap = Snapshot(record.id, 3, b"{}")
+    log = events(1, 3)
+    results = await asyncio.gather(
+        store.append(record.id, events(3, 3)),
+        store.archive_session(record.id, 3, "v3-a.jsonl.gz"),
+        store.append(record.id, events(4, 4)),
+        store.restore_session(record.id, "v3-a.jsonl.gz", log, snap),
+        store.append(record.id, events(4, 4)),
+        return_exceptions=True,
+    )
+    assert results[0] is None and results[1] is True
+    assert isinstance(results[2], SessionArchived)
+    assert results[3] is True and results[4] is None
+    assert await seqs(store, record.id) == [1, 2, 3, 4]
+
+
+async def test_an_archive_on_one_store_is_seen_by_the_other(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """Two nodes: once one archived, the other's appends are refused, not put on an
+    empty log; and an archive that lost the race to an append is refused."""
+    first, second = backend.make(tmp_path), backend.make(tmp_path)
+    await first.open()
+    await second.open()
+    try:
+        record = share()
+        await first.create_share(record)
+        await first.append(record.id, events(1, 3))
+        await second.append(record.id, events(4, 4))  # the second's cache knows seq 4
+        assert not await first.archive_session(record.id, 3, "v3-a.jsonl.gz")
+        assert await first.archive_session(record.id, 4, "v4-a.jsonl.gz")
+        with pytest.raises(SessionArchived):
+            await second.append(record.id, events(5, 5))
+        with pytest.raises(SessionArchived):
+            await second.append(record.id, events(1, 1))
+        snap = Snapshot(record.id, 4, b"{}")
+        assert await second.restore_session(record.id, "v4-a.jsonl.gz", events(1, 4), snap)
+        await first.append(record.id, events(5, 5))
+        assert await seqs(second, record.id) == [1, 2, 3, 4, 5]
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_idle_shares_follow_activity(store: Store) -> None:
+    now = 1_800_000_000_000
+    old, touched, archived = share(), share(), share()
+    for r in (old, touched, archived):
+        await store.create_share(r)  # created_at 1_700_000_000_000
+    await store.append(archived.id, events(1, 1))
+    assert await store.archive_session(archived.id, 1, "v1-a.jsonl.gz")
+    await store.touch_share(touched.id, now)
+    await store.touch_share(touched.id, now - 5)  # never moves back
+    assert await store.idle_shares(now - 1, 100) == [old.id]
+    assert sorted(await store.idle_shares(now, 100)) == sorted([old.id, touched.id])
+    assert await store.idle_shares(now, 1) == [old.id]  # least recently active first
+    assert await store.restore_session(
+        archived.id, "v1-a.jsonl.gz", events(1, 1), Snapshot(archived.id, 1, b"{}")
+    )
+    recently = now_ms() - 60_000
+    assert await store.idle_shares(recently, 100) == [old.id]  # restored: active now

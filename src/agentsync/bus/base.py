@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -75,6 +75,34 @@ class Ended:
     why: str
 
 
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """The named readers one node has on the session (all of them, each time), and who
+    just joined or left there. An empty list says the node has none left."""
+
+    node: str
+    participants: list[dict[str, Any]]
+    change: dict[str, Any] | None = None  # {"joined": {...}} or {"left": {...}}
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceQuery:
+    """A node loaded the session: the others announce their readers of it."""
+
+    node: str
+
+
+def encode_presence(presence: Presence) -> bytes:
+    body = {"node": presence.node, "participants": presence.participants}
+    if presence.change:
+        body.update(presence.change)
+    return b"P" + orjson.dumps(body)
+
+
+def encode_presence_query(node: str) -> bytes:
+    return b"Q" + node.encode()
+
+
 def encode_committed(events: Sequence[Event]) -> bytes:
     # An envelope is compact JSON, which never holds a raw newline.
     return b"E" + b"\n".join(event.encoded for event in events)
@@ -84,10 +112,19 @@ def encode_ended(why: str) -> bytes:
     return b"G" + why.encode()
 
 
-def decode(payload: bytes) -> Committed | Ended:
+BusMessage = Committed | Ended | Presence | PresenceQuery
+
+
+def decode(payload: bytes) -> BusMessage:
     kind, body = payload[:1], payload[1:]
     if kind == b"G":
         return Ended(body.decode())
+    if kind == b"Q":
+        return PresenceQuery(body.decode())
+    if kind == b"P":
+        obj = orjson.loads(body)
+        change = {k: obj[k] for k in ("joined", "left") if k in obj}
+        return Presence(obj["node"], list(obj["participants"]), change or None)
     if kind != b"E":
         raise ValueError(f"unknown bus message kind {kind!r}")
     events = []

@@ -13,6 +13,9 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import uvicorn
 from starlette.applications import Starlette
@@ -22,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
+from agentsync.archive.base import Archive
 from agentsync.bus.base import Bus
 from agentsync.config import Config
 from agentsync.hub import Hub
@@ -51,8 +55,9 @@ class Node:
     def from_config(cls, config: Config) -> Node:
         store = make_store(config)
         metrics = Metrics()
-        hub = Hub(config, store, metrics, make_bus(config))
-        return cls(config, store, metrics, hub, AddressLimits(config))
+        shared = shared_limits(config)
+        hub = Hub(config, store, metrics, make_bus(config), shared, archive=make_archive(config))
+        return cls(config, store, metrics, hub, AddressLimits(config, shared))
 
 
 def make_store(config: Config) -> Store:
@@ -83,6 +88,46 @@ def make_bus(config: Config) -> Bus | None:
     from agentsync.bus.redis import RedisBus
 
     return RedisBus(config.bus)
+
+
+def make_archive(config: Config) -> Archive | None:
+    """The archive ``--archive`` names (not opened yet), or None when archiving is off.
+
+    A directory archive belongs to one node: with --bus (several nodes) the default is
+    none, and a directory is refused, since another node could not restore from it.
+    """
+    spec = config.archive.strip()
+    if spec.lower() == "none" or (not spec and config.bus):
+        return None
+    if spec.startswith("s3://"):
+        from agentsync.archive.s3 import S3Archive
+
+        try:
+            return S3Archive.from_url(spec)
+        except ValueError as exc:
+            raise SystemExit(f"agentsync: --archive {spec}: {exc}") from None
+    if "://" in spec and not spec.startswith("file://"):
+        raise SystemExit(f"agentsync: --archive {spec!r}: use a directory, s3://... or none")
+    if config.bus:
+        raise SystemExit(
+            "agentsync: --archive: a directory is this node's alone; with --bus use "
+            "s3://BUCKET/PREFIX (shared by the nodes) or none"
+        )
+    from agentsync.archive.local import LocalArchive
+
+    path = urlsplit(spec).path if spec.startswith("file://") else spec
+    return LocalArchive(path or Path(config.data) / "archive")
+
+
+def shared_limits(config: Config) -> Any | None:
+    """With a bus, rate limits are shared through the same Redis (see limits.py)."""
+    if not config.bus:
+        return None
+    from redis.asyncio import Redis
+
+    return Redis.from_url(
+        config.bus, single_connection_client=True, socket_timeout=1.0, socket_connect_timeout=1.0
+    )
 
 
 async def _agentsync_error(request: Request, exc: Exception) -> Response:

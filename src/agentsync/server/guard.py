@@ -157,9 +157,9 @@ class Guard:
                         f"origin {_header(scope, b'origin')!r} may not open WebSockets here; "
                         "the operator can allow it with --allowed-origins"
                     )
-                self.limits.ws_connects.check(address)
+                await self.limits.ws_connects.acheck(address)
             else:
-                self.limits.requests.check(address)
+                await self.limits.requests.acheck(address)
             if streaming:
                 self.limits.connections.acquire(address)
         except AgentsyncError as err:

@@ -157,19 +157,19 @@ def require_admin(request: Request) -> None:
         raise Forbidden("that is not the operator key")
 
 
-def admit_creation(request: Request) -> None:
+async def admit_creation(request: Request) -> None:
     """Creating a share (or importing one) is open on loopback, else needs the operator
     key; either way an address may create only ``--shares-per-hour``."""
     hub = hub_of(request)
     if hub.config.create_needs_admin:
         require_admin(request)
     elif not is_admin(request):
-        request.app.state.limits.share_creates.check(client_address(request))
+        await request.app.state.limits.share_creates.acheck(client_address(request))
 
 
 async def create_share(request: Request) -> Response:
     hub = hub_of(request)
-    admit_creation(request)
+    await admit_creation(request)
     body = await read_json_object(request, optional=True)
     share, secret, read_token = new_share_from(hub, body)
     await hub.store.create_share(share)
@@ -390,7 +390,7 @@ async def export_session(request: Request) -> Response:
 
 async def import_session(request: Request) -> Response:
     hub = hub_of(request)
-    admit_creation(request)
+    await admit_creation(request)
     body = await read_body(request, hub.config.max_body_bytes * 16)
     lines = [line for line in body.split(b"\n") if line.strip()]
     if not lines:

@@ -13,6 +13,11 @@ whatever the backend:
 * ``read_events`` returns events in seq order with no gap.
 * ``delete_share`` removes the share, its log and its snapshots, and leaves a tombstone so
   that later requests can answer 410 rather than 404.
+* Archiving (archive/base.py, hub_archive.py): ``archive_session`` swaps a session's log and
+  snapshots for the name of an archive object, atomically and only if the log still ends
+  where the caller archived it; ``restore_session`` swaps them back. While a share is
+  archived its log reads empty and every append raises :class:`SessionArchived` (a
+  SeqConflict), so no write can land on an empty log and get seq 1 again.
 """
 
 from __future__ import annotations
@@ -28,6 +33,10 @@ class SeqConflict(Exception):
     """The append raced another writer (seq taken, gap, or duplicate event id)."""
 
 
+class SessionArchived(SeqConflict):
+    """The session's log is in the archive: restore it, then append again."""
+
+
 @dataclass(frozen=True, slots=True)
 class ShareRecord:
     id: str
@@ -38,6 +47,8 @@ class ShareRecord:
     secret_hash: bytes
     read_token_hash: bytes | None
     epoch: str
+    # The archive object holding the log (archive/base.py), None while the log is here.
+    archive: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +87,26 @@ class Store(Protocol):
         """Live shares ordered by id, the first ``limit`` with id > ``after``."""
 
     async def count_shares(self) -> int: ...
+
+    async def touch_share(self, share_id: str, now_ms: int) -> None:
+        """Record activity (the share was just used): it is not idle before ``now_ms``."""
+
+    async def idle_shares(self, before_ms: int, limit: int) -> list[str]:
+        """Ids of shares not archived whose last recorded activity (creation, touch,
+        restore) is at or before ``before_ms``, least recently active first."""
+
+    # archiving
+    async def archive_session(self, session_id: str, last_seq: int, archive: str) -> bool:
+        """Atomically delete the session's events and snapshots and record that the
+        object ``archive`` holds them; False (and change nothing) unless the share exists,
+        is not archived, and its log ends at ``last_seq``."""
+
+    async def restore_session(
+        self, session_id: str, archive: str, events: Sequence[Event], snapshot: Snapshot
+    ) -> bool:
+        """Atomically put back the log ``events`` (seqs 1..N) and ``snapshot`` of a share
+        archived as ``archive`` and clear the mark; False (and change nothing) when the
+        share is gone or not archived as ``archive`` (restored already: idempotent)."""
 
     # the log
     async def append(self, session_id: str, events: Sequence[Event]) -> None:

@@ -49,7 +49,7 @@ import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 from agentsync.protocol import Conflict, Event, Unavailable, now_ms
-from agentsync.store.base import SeqConflict, ShareRecord, Snapshot
+from agentsync.store.base import SeqConflict, SessionArchived, ShareRecord, Snapshot
 from agentsync.store.sqlite import tombstone_key
 
 T = TypeVar("T")
@@ -71,6 +71,7 @@ CONNECT_TIMEOUT: Final = 10.0
 ACQUIRE_TIMEOUT: Final = 10.0
 CLOSE_TIMEOUT: Final = 10.0
 DELETED: Final = -1  # a session's last seq once its share was deleted
+ARCHIVED: Final = -2  # a session's last seq while its log is in the archive
 
 SCHEMA: Final = """
 CREATE SCHEMA IF NOT EXISTS {schema};
@@ -82,7 +83,9 @@ CREATE TABLE IF NOT EXISTS {schema}.shares (
     read text NOT NULL,
     secret_hash bytea NOT NULL,
     read_token_hash bytea,
-    epoch text NOT NULL
+    epoch text NOT NULL,
+    archive text,
+    active_at bigint
 );
 CREATE INDEX IF NOT EXISTS shares_expires_at ON {schema}.shares (expires_at)
     WHERE expires_at IS NOT NULL;
@@ -106,16 +109,43 @@ CREATE TABLE IF NOT EXISTS {schema}.tombstones (
     deleted_at bigint NOT NULL
 );
 """
+# Databases made before archiving get its columns; run under the schema lock.
+MIGRATION: Final = """
+ALTER TABLE {schema}.shares ADD COLUMN IF NOT EXISTS archive text;
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = '{name}'
+                   AND table_name = 'shares' AND column_name = 'active_at') THEN
+        ALTER TABLE {schema}.shares ADD COLUMN active_at bigint;
+        UPDATE {schema}.shares SET active_at = created_at;
+    END IF;
+END $$;
+CREATE INDEX IF NOT EXISTS shares_idle ON {schema}.shares (active_at) WHERE archive IS NULL;
+"""
 TABLES: Final = ("shares", "events", "snapshots", "tombstones")
 
 SHARE_COLUMNS: Final = (
-    "id, title, created_at, expires_at, read, secret_hash, read_token_hash, epoch"
+    "id, title, created_at, expires_at, read, secret_hash, read_token_hash, epoch, archive"
+)
+INSERT_COLUMNS: Final = (
+    "id, title, created_at, expires_at, read, secret_hash, read_token_hash, epoch, active_at"
 )
 HEADS_SQL: Final = """
 SELECT u.session_id,
        (SELECT max(e.seq) FROM events e WHERE e.session_id = u.session_id),
-       EXISTS (SELECT 1 FROM tombstones t WHERE t.id = u.tombstone)
+       EXISTS (SELECT 1 FROM tombstones t WHERE t.id = u.tombstone),
+       EXISTS (SELECT 1 FROM shares s WHERE s.id = u.session_id AND s.archive IS NOT NULL)
 FROM unnest($1::text[], $2::text[]) AS u(session_id, tombstone)
+"""
+ARCHIVE_SQL: Final = """
+WITH ok AS (
+    SELECT 1 FROM shares
+    WHERE id = $1 AND archive IS NULL
+      AND coalesce((SELECT max(seq) FROM events WHERE session_id = $1), 0) = $2
+),
+     log AS (DELETE FROM events WHERE session_id = $1 AND EXISTS (SELECT 1 FROM ok)),
+     snap AS (DELETE FROM snapshots WHERE session_id = $1 AND EXISTS (SELECT 1 FROM ok)),
+     mark AS (UPDATE shares SET archive = $3 WHERE id = $1 AND EXISTS (SELECT 1 FROM ok))
+SELECT count(*) FROM ok
 """
 EVENT_COLUMNS: Final = ["session_id", "seq", "event_id", "type", "ts", "data"]
 INSERT_EVENTS_SQL: Final = """
@@ -137,6 +167,7 @@ SAVE_SNAPSHOT_SQL: Final = """
 INSERT INTO snapshots (session_id, seq, state)
 SELECT $1::text, $2::bigint, $3::bytea
 WHERE NOT EXISTS (SELECT 1 FROM tombstones WHERE id = $4::text)
+  AND NOT EXISTS (SELECT 1 FROM shares WHERE id = $1 AND archive IS NOT NULL)
 ON CONFLICT (session_id) DO UPDATE SET seq = excluded.seq, state = excluded.state
     WHERE excluded.seq > snapshots.seq
 """
@@ -192,6 +223,8 @@ class _Call(Generic[T]):
     session_id: str | None = None  # locked for the transaction when set
     deletes: bool = False  # a True result means the session's log was deleted
     nbytes: int = 0
+    # The session's last seq after this job, from its result (None: unchanged).
+    head: Callable[[T], int | None] | None = None
 
     @property
     def sessions(self) -> tuple[str, ...]:
@@ -325,13 +358,19 @@ class PostgresStore:
             self.schema,
             list(TABLES),
         )
-        if present == len(TABLES):  # the common case; needs no CREATE privilege
+        migrated = await conn.fetchval(
+            "SELECT count(*) FROM information_schema.columns WHERE table_schema = $1"
+            " AND table_name = 'shares' AND column_name = 'active_at'",
+            self.schema,
+        )
+        if present == len(TABLES) and migrated:  # the common case; needs no CREATE privilege
             return
         # Nodes starting together would race on the catalog ("duplicate key value violates
         # unique constraint pg_type_typname_nsp_index") despite IF NOT EXISTS.
         async with conn.transaction():
             await conn.execute(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY})")
             await conn.execute(SCHEMA.format(schema=_quote(self.schema)))
+            await conn.execute(MIGRATION.format(schema=_quote(self.schema), name=self.schema))
 
     async def close(self) -> None:
         async with self._lock:
@@ -388,9 +427,10 @@ class PostgresStore:
         session_id: str | None = None,
         deletes: bool = False,
         nbytes: int = 0,
+        head: Callable[[T], int | None] | None = None,
     ) -> asyncio.Future[T]:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._submit(_Call(run, future, session_id, deletes, nbytes))
+        self._submit(_Call(run, future, session_id, deletes, nbytes, head))
         return future
 
     async def _write_loop(self) -> None:
@@ -492,14 +532,15 @@ class PostgresStore:
         heads: dict[str, int] = {}
         if appended:
             tombstones = [tombstone_key(s) for s in appended]
-            for session_id, last, deleted in await conn.fetch(HEADS_SQL, appended, tombstones):
-                heads[session_id] = DELETED if deleted else (last or 0)
+            found = await conn.fetch(HEADS_SQL, appended, tombstones)
+            for session_id, last, deleted, archived in found:
+                heads[session_id] = DELETED if deleted else ARCHIVED if archived else (last or 0)
         outcomes: list[tuple[bool, Any]] = []
         rows = _Rows()
         for job in group:
             if isinstance(job, _Append):
                 last = heads[job.session_id]
-                if last == DELETED or job.first_seq != last + 1:
+                if last in (DELETED, ARCHIVED) or job.first_seq != last + 1:
                     outcomes.append((False, _seq_conflict(job, last)))
                     continue
                 heads[job.session_id] = job.last_seq
@@ -524,6 +565,10 @@ class PostgresStore:
                 ok, value = await _in_savepoint(conn, functools.partial(job.run, conn))
                 if ok and job.deletes and value and job.session_id is not None:
                     heads[job.session_id] = DELETED
+                if ok and job.head is not None and job.session_id is not None:
+                    head = job.head(value)
+                    if head is not None:
+                        heads[job.session_id] = head
                 outcomes.append((ok, value))
         await _insert_or_retry(conn, rows, self.schema)
         return outcomes
@@ -537,7 +582,8 @@ class PostgresStore:
                 raise Conflict(f"share {share.id} was deleted; its id cannot be reused")
             try:
                 await conn.execute(
-                    f"INSERT INTO shares ({SHARE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    f"INSERT INTO shares ({INSERT_COLUMNS})"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $3)",
                     share.id,
                     share.title,
                     share.created_at,
@@ -588,6 +634,74 @@ class PostgresStore:
 
     async def count_shares(self) -> int:
         return int(await self._read(lambda conn: conn.fetchval("SELECT count(*) FROM shares")))
+
+    async def touch_share(self, share_id: str, now_ms: int) -> None:
+        async def run(conn: Conn) -> None:
+            await conn.execute(
+                "UPDATE shares SET active_at = greatest(active_at, $2) WHERE id = $1",
+                share_id,
+                now_ms,
+            )
+
+        await self._call(run)
+
+    async def idle_shares(self, before_ms: int, limit: int) -> list[str]:
+        sql = (
+            "SELECT id FROM shares WHERE archive IS NULL AND active_at <= $1"
+            " ORDER BY active_at LIMIT $2"
+        )
+        rows = await self._read(lambda conn: conn.fetch(sql, before_ms, limit))
+        return [row[0] for row in rows]
+
+    # -- archiving ----------------------------------------------------------------------
+
+    async def archive_session(self, session_id: str, last_seq: int, archive: str) -> bool:
+        async def run(conn: Conn) -> bool:
+            return bool(await conn.fetchval(ARCHIVE_SQL, session_id, last_seq, archive))
+
+        # Locked like an append: no node can append between the check and the delete.
+        return await self._call(
+            run, session_id=session_id, head=lambda done: ARCHIVED if done else None
+        )
+
+    async def restore_session(
+        self, session_id: str, archive: str, events: Sequence[Event], snapshot: Snapshot
+    ) -> bool:
+        for seq, event in enumerate(events, start=1):
+            if event.seq != seq:
+                raise SeqConflict(f"session {session_id}: a restored log must be dense from 1")
+        rows = _Rows.of(session_id, events)
+        last = events[-1].seq if events else 0
+
+        async def run(conn: Conn) -> bool:
+            current = await conn.fetchrow(
+                "SELECT archive FROM shares WHERE id = $1 FOR UPDATE", session_id
+            )
+            if current is None or current[0] != archive:
+                return False
+            try:
+                await rows.insert(conn, self.schema)
+            except asyncpg.UniqueViolationError as exc:
+                raise SeqConflict(f"session {session_id}: rows left beside its archive") from exc
+            await conn.execute(
+                "INSERT INTO snapshots (session_id, seq, state) VALUES ($1, $2, $3)"
+                " ON CONFLICT (session_id) DO UPDATE SET seq = excluded.seq,"
+                " state = excluded.state",
+                session_id,
+                snapshot.seq,
+                snapshot.state,
+            )
+            await conn.execute(
+                "UPDATE shares SET archive = NULL, active_at = $2 WHERE id = $1",
+                session_id,
+                now_ms(),
+            )
+            return True
+
+        nbytes = sum(map(len, rows.datas)) + len(snapshot.state)
+        return await self._call(
+            run, session_id=session_id, nbytes=nbytes, head=lambda done: last if done else None
+        )
 
     # -- the log ------------------------------------------------------------------------
 
@@ -654,6 +768,8 @@ class PostgresStore:
 def _seq_conflict(job: _Append, last: int) -> SeqConflict:
     if last == DELETED:
         return SeqConflict(f"session {job.session_id} was deleted")
+    if last == ARCHIVED:
+        return SessionArchived(f"session {job.session_id} is archived; restore it first")
     return SeqConflict(
         f"session {job.session_id}: append starts at seq {job.first_seq}, "
         f"but the log ends at {last}"

@@ -36,7 +36,7 @@ from typing import Any, Final, Generic, TypeVar
 import orjson
 
 from agentsync.protocol import Conflict, Event, Unavailable, now_ms
-from agentsync.store.base import SeqConflict, ShareRecord, Snapshot
+from agentsync.store.base import SeqConflict, SessionArchived, ShareRecord, Snapshot
 
 T = TypeVar("T")
 
@@ -59,7 +59,9 @@ CREATE TABLE IF NOT EXISTS shares (
     read TEXT NOT NULL,
     secret_hash BLOB NOT NULL,
     read_token_hash BLOB,
-    epoch TEXT NOT NULL
+    epoch TEXT NOT NULL,
+    archive TEXT,
+    active_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS shares_expires_at ON shares (expires_at)
     WHERE expires_at IS NOT NULL;
@@ -84,9 +86,23 @@ CREATE TABLE IF NOT EXISTS tombstones (
 );
 """
 
+# Databases made before archiving get the columns it needs.
+MIGRATIONS: Final = {
+    "archive": "ALTER TABLE shares ADD COLUMN archive TEXT",
+    "active_at": "ALTER TABLE shares ADD COLUMN active_at INTEGER;"
+    " UPDATE shares SET active_at = created_at",
+}
+INDEXES: Final = """
+CREATE INDEX IF NOT EXISTS shares_idle ON shares (active_at) WHERE archive IS NULL;
+"""
+
 SHARE_COLUMNS: Final = (
-    "id, title, created_at, expires_at, read, secret_hash, read_token_hash, epoch"
+    "id, title, created_at, expires_at, read, secret_hash, read_token_hash, epoch, archive"
 )
+INSERT_COLUMNS: Final = (
+    "id, title, created_at, expires_at, read, secret_hash, read_token_hash, epoch, active_at"
+)
+ARCHIVED: Final = -2  # a session's last seq (in the writer's cache) while it is archived
 
 
 @dataclass(slots=True)
@@ -268,9 +284,11 @@ class _Writer:
 
     def _query_last_seq(self, conn: sqlite3.Connection, session_id: str) -> int:
         row = conn.execute(
-            "SELECT MAX(seq) FROM events WHERE session_id = ?", (session_id,)
+            "SELECT (SELECT MAX(seq) FROM events WHERE session_id = ?),"
+            " EXISTS (SELECT 1 FROM shares WHERE id = ? AND archive IS NOT NULL)",
+            (session_id, session_id),
         ).fetchone()
-        seq = int(row[0] or 0)
+        seq = ARCHIVED if row[1] else int(row[0] or 0)
         self._pending[session_id] = seq
         return seq
 
@@ -283,6 +301,8 @@ class _Writer:
         last = self._cached_last_seq(session_id)
         if last is None:
             last = self._query_last_seq(conn, session_id)
+        if last == ARCHIVED:
+            raise SessionArchived(f"session {session_id} is archived; restore it first")
         if first_seq != last + 1:
             raise SeqConflict(
                 f"session {session_id}: append starts at seq {first_seq}, "
@@ -311,6 +331,55 @@ class _Writer:
         )
         self._pending[share_id] = 0
         self.deleted = True
+        return True
+
+    def archive_session(
+        self, conn: sqlite3.Connection, session_id: str, last_seq: int, archive: str
+    ) -> bool:
+        row = conn.execute(
+            "SELECT archive IS NULL,"
+            " (SELECT COALESCE(MAX(seq), 0) FROM events WHERE session_id = ?)"
+            " FROM shares WHERE id = ?",
+            (session_id, session_id),
+        ).fetchone()
+        if row is None or not row[0] or row[1] != last_seq:
+            return False
+        conn.execute("DELETE FROM events WHERE session_id = ?", (session_id,))
+        conn.execute("DELETE FROM snapshots WHERE session_id = ?", (session_id,))
+        conn.execute("UPDATE shares SET archive = ? WHERE id = ?", (archive, session_id))
+        self._pending[session_id] = ARCHIVED
+        self.deleted = True  # let the checkpointer drop the deleted pages from the WAL
+        return True
+
+    def restore_session(
+        self,
+        conn: sqlite3.Connection,
+        session_id: str,
+        archive: str,
+        rows: list[tuple[Any, ...]],
+        snapshot: Snapshot,
+    ) -> bool:
+        row = conn.execute("SELECT archive FROM shares WHERE id = ?", (session_id,)).fetchone()
+        if row is None or row[0] != archive:
+            return False
+        try:
+            conn.executemany(
+                "INSERT INTO events (session_id, seq, event_id, type, ts, data)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        except sqlite3.IntegrityError as exc:
+            raise SeqConflict(f"session {session_id}: rows left beside its archive") from exc
+        conn.execute(
+            "INSERT INTO snapshots (session_id, seq, state) VALUES (?, ?, ?)"
+            " ON CONFLICT (session_id) DO UPDATE SET seq = excluded.seq, state = excluded.state",
+            (session_id, snapshot.seq, snapshot.state),
+        )
+        conn.execute(
+            "UPDATE shares SET archive = NULL, active_at = ? WHERE id = ?",
+            (now_ms(), session_id),
+        )
+        self._pending[session_id] = rows[-1][1] if rows else 0
         return True
 
 
@@ -360,6 +429,11 @@ class SQLiteStore:
         conn = _connect(self.path, self.synchronous)
         try:
             conn.executescript(SCHEMA)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(shares)")}
+            for column, migration in MIGRATIONS.items():
+                if column not in columns:
+                    conn.executescript(migration)
+            conn.executescript(INDEXES)
             conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_CHECKPOINT_PAGES}")
             # Deleted rows are overwritten, not just unlinked: after a delete nothing of
             # the share can be read back from the file (and the WAL is truncated).
@@ -430,7 +504,7 @@ class SQLiteStore:
                 raise Conflict(f"share {share.id} was deleted; its id cannot be reused")
             try:
                 conn.execute(
-                    f"INSERT INTO shares ({SHARE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO shares ({INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         share.id,
                         share.title,
@@ -440,6 +514,7 @@ class SQLiteStore:
                         share.secret_hash,
                         share.read_token_hash,
                         share.epoch,
+                        share.created_at,
                     ),
                 )
             except sqlite3.IntegrityError as exc:
@@ -494,6 +569,50 @@ class SQLiteStore:
     async def count_shares(self) -> int:
         return await self._read(
             lambda conn: int(conn.execute("SELECT COUNT(*) FROM shares").fetchone()[0])
+        )
+
+    async def touch_share(self, share_id: str, now_ms: int) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE shares SET active_at = MAX(COALESCE(active_at, 0), ?) WHERE id = ?",
+                (now_ms, share_id),
+            )
+
+        await self._write(run)
+
+    async def idle_shares(self, before_ms: int, limit: int) -> list[str]:
+        def run(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT id FROM shares WHERE archive IS NULL AND active_at <= ?"
+                " ORDER BY active_at LIMIT ?",
+                (before_ms, limit),
+            ).fetchall()
+            return [row[0] for row in rows]
+
+        return await self._read(run)
+
+    # -- archiving ----------------------------------------------------------------------
+
+    async def archive_session(self, session_id: str, last_seq: int, archive: str) -> bool:
+        writer = self._writer
+        if writer is None:
+            raise Unavailable("the SQLite store is closed")
+        return await self._write(
+            lambda conn: writer.archive_session(conn, session_id, last_seq, archive)
+        )
+
+    async def restore_session(
+        self, session_id: str, archive: str, events: Sequence[Event], snapshot: Snapshot
+    ) -> bool:
+        for seq, event in enumerate(events, start=1):
+            if event.seq != seq:
+                raise SeqConflict(f"session {session_id}: a restored log must be dense from 1")
+        rows = [(session_id, e.seq, e.id, e.type, e.ts, orjson.dumps(e.data)) for e in events]
+        writer = self._writer
+        if writer is None:
+            raise Unavailable("the SQLite store is closed")
+        return await self._write(
+            lambda conn: writer.restore_session(conn, session_id, archive, rows, snapshot)
         )
 
     # -- the log ------------------------------------------------------------------------
@@ -553,11 +672,14 @@ class SQLiteStore:
 
     async def save_snapshot(self, snapshot: Snapshot) -> None:
         def run(conn: sqlite3.Connection) -> None:
+            # Never beside an archive: a node that still holds the session must not
+            # leave its state behind in the hot store.
             conn.execute(
-                "INSERT INTO snapshots (session_id, seq, state) VALUES (?, ?, ?)"
+                "INSERT INTO snapshots (session_id, seq, state) SELECT ?, ?, ?"
+                " WHERE NOT EXISTS (SELECT 1 FROM shares WHERE id = ? AND archive IS NOT NULL)"
                 " ON CONFLICT (session_id) DO UPDATE SET seq = excluded.seq,"
                 " state = excluded.state WHERE excluded.seq > snapshots.seq",
-                (snapshot.session_id, snapshot.seq, snapshot.state),
+                (snapshot.session_id, snapshot.seq, snapshot.state, snapshot.session_id),
             )
 
         await self._write(run)
