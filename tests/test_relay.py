@@ -8,13 +8,14 @@ import asyncio
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agentsync.bus.local import LocalBroker, LocalBus
 from agentsync.hub import Hub
 from agentsync.metrics import Metrics
-from agentsync.protocol import CLOSE_GONE, Gone, NewEvent, parse_event
+from agentsync.protocol import CLOSE_GONE, Gone, InvalidEvent, NewEvent, parse_event
 from agentsync.store.sqlite import SQLiteStore
 from test_hub import attach, config, new_share
 
@@ -176,3 +177,29 @@ async def test_presence_spans_nodes_and_expires_with_its_node(cluster: Cluster) 
     cluster.hubs.remove(a)
     await asyncio.sleep(0.05)
     assert c.participants(live_c) == []
+
+
+async def test_concurrent_batches_of_one_session_share_a_transaction(cluster: Cluster) -> None:
+    a = await cluster.node()
+    sid = await new_share(a)
+    live = await a.get(sid)
+    calls: list[int] = []
+    append = a.store.append
+
+    async def counting(session_id: str, events: Any) -> None:
+        calls.append(len(events))
+        await append(session_id, events)
+
+    a.store.append = counting  # type: ignore[method-assign]
+    bad = parse_event({"id": "bad", "type": "message.delta", "data": {"id": "nope", "delta": "x"}})
+    batches = [[event(f"c{i}", i)] for i in range(50)]
+    results = await asyncio.gather(
+        *(a.append(live, b) for b in batches[:25]),
+        a.append(live, [bad]),
+        *(a.append(live, b) for b in batches[25:]),
+        return_exceptions=True,
+    )
+    assert isinstance(results[25], InvalidEvent)  # refused alone; the others are stored
+    seqs = [r.seqs[0] for r in results if not isinstance(r, BaseException)]
+    assert seqs == list(range(1, 51))  # in the order they were submitted
+    assert len(calls) < 10 and sum(calls) == 50

@@ -30,6 +30,7 @@ from agentsync.metrics import Metrics
 from agentsync.protocol import (
     CLOSE_GONE,
     CLOSE_SERVER_SHUTDOWN,
+    AgentsyncError,
     Event,
     Gone,
     NewEvent,
@@ -90,6 +91,8 @@ class LiveSession:
     prepare_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # see Hub._append
     fanout_timer: asyncio.TimerHandle | None = None  # a scheduled fan-out round
     fanout_next: float = 0.0  # loop time before which no round starts (see Hub._committed)
+    # Batches waiting for an exclusive append (with a bus; see Hub._store_exclusive).
+    queued: list[tuple[Sequence[NewEvent], asyncio.Future[Prepared]]] = field(default_factory=list)
     # Named readers on other nodes: node id -> (monotonic expiry, participants).
     remote_participants: dict[str, tuple[float, list[dict[str, Any]]]] = field(default_factory=dict)
 
@@ -395,39 +398,61 @@ class Hub:
         return prepared
 
     async def _store_exclusive(self, live: LiveSession, batch: Sequence[NewEvent]) -> Prepared:
-        """Several nodes may write the session: one batch at a time per node, and a seq
-        another node took first (SeqConflict) makes this node read what it missed from
-        the store and prepare again; ids stored meanwhile through another node become
-        duplicates with their original seqs, as on one node."""
+        """Several nodes may write the session. Batches queue per session; whoever holds
+        ``prepare_lock`` stores every queued batch in one append (one transaction), so a
+        busy session still gets group commit. A seq another node took first (SeqConflict)
+        makes this node read what it missed from the store and prepare them again; ids
+        stored meanwhile through another node become duplicates with their original seqs,
+        as on one node."""
+        done: asyncio.Future[Prepared] = asyncio.get_running_loop().create_future()
+        live.queued.append((batch, done))
+        async with live.prepare_lock:
+            if not done.done():
+                await self._store_queued(live)
+        return done.result()
+
+    async def _store_queued(self, live: LiveSession) -> None:
         assert self.relay is not None
         core = live.core
-        async with live.prepare_lock:
-            for _ in range(CONFLICT_RETRIES):
-                unknown = core.unknown_ids(e.id for e in batch)
-                if unknown:
-                    core.learn_ids(await self.store.find_event_ids(live.id, unknown))
-                if live.gone is not None:
-                    raise Gone(f"share {live.id} was {live.gone}")
-                prepared = core.prepare(batch, self.config.max_event_bytes)
-                if prepared.new_events:
-                    try:
-                        await self.store.append(live.id, prepared.new_events)
-                    except SeqConflict:
-                        core.abort(prepared)
-                        self.metrics.append_conflicts.inc()
-                        await self.catch_up_locked(live, [])
-                        continue
-                    except Exception as exc:
-                        log.error("append to %s failed: %s", live.id, exc)
-                        if not core.abort(prepared):
-                            await self.drop(live, None)
-                        raise Unavailable("the write could not be stored; retry it") from exc
-                core.commit(prepared)
-                if prepared.new_events:
-                    self._committed(live)
-                    self.relay.publish(live.id, prepared.new_events)
-                return prepared
-        raise Unavailable("the session is being written through other nodes; retry")
+        group, live.queued = live.queued, []
+        for _ in range(CONFLICT_RETRIES):
+            unknown = core.unknown_ids(e.id for batch, _ in group for e in batch)
+            if unknown:
+                core.learn_ids(await self.store.find_event_ids(live.id, unknown))
+            if live.gone is not None:
+                _fail(group, Gone(f"share {live.id} was {live.gone}"))
+                return
+            prepared: list[tuple[Prepared, asyncio.Future[Prepared]]] = []
+            for batch, done in group:
+                try:
+                    prepared.append((core.prepare(batch, self.config.max_event_bytes), done))
+                except AgentsyncError as err:  # this batch is refused, the others go on
+                    done.set_exception(err)
+            group = [(batch, done) for batch, done in group if not done.done()]
+            events = [e for p, _ in prepared for e in p.new_events]
+            if events:
+                try:
+                    await self.store.append(live.id, events)
+                except SeqConflict:
+                    _abort_all(core, prepared)
+                    self.metrics.append_conflicts.inc()
+                    await self.catch_up_locked(live, [])
+                    continue
+                except Exception as exc:
+                    log.error("append to %s failed: %s", live.id, exc)
+                    if not _abort_all(core, prepared):
+                        await self.drop(live, None)
+                    _fail(group, Unavailable("the write could not be stored; retry it"))
+                    return
+            for p, _ in prepared:
+                core.commit(p)
+            if events:
+                self._committed(live)
+                self.relay.publish(live.id, events)
+            for p, done in prepared:
+                done.set_result(p)
+            return
+        _fail(group, Unavailable("the session is being written through other nodes; retry"))
 
     async def catch_up_locked(self, live: LiveSession, events: Sequence[Event]) -> None:
         """Apply events committed through other nodes (``live.prepare_lock`` held): from
@@ -704,3 +729,14 @@ def _wire_frame(core: Session, cursor: int, max_events: int) -> tuple[bytes, byt
         return None
     payload, end = frame
     return payload, protocol.ws_text_frame(payload), end
+
+
+def _abort_all(core: Session, prepared: list[tuple[Prepared, Any]]) -> bool:
+    """Undo prepared batches, newest first; False if one could not be undone."""
+    return all([core.abort(p) for p, _ in reversed(prepared)])
+
+
+def _fail(group: Sequence[tuple[Any, asyncio.Future[Prepared]]], err: Exception) -> None:
+    for _, done in group:
+        if not done.done():
+            done.set_exception(err)

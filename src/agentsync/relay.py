@@ -30,6 +30,7 @@ from agentsync.bus.base import (
     encode_ended,
     encode_presence,
     encode_presence_query,
+    last_seq_of,
     session_of,
 )
 from agentsync.protocol import Event, new_id
@@ -136,6 +137,9 @@ class Relay:
         if live is None:
             return
         hub.metrics.bus_messages.labels("in").inc()
+        last = last_seq_of(payload)
+        if last is not None and last <= live.core.last_seq:
+            return  # our own publish echoed back, or already read from the store
         try:
             message = decode(payload)
         except ValueError as exc:

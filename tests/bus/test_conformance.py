@@ -16,7 +16,14 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-from agentsync.bus.base import Bus, channel_of, decode, encode_committed, encode_ended
+from agentsync.bus.base import (
+    Bus,
+    channel_of,
+    decode,
+    encode_committed,
+    encode_ended,
+    last_seq_of,
+)
 from agentsync.bus.local import LocalBroker, LocalBus
 from agentsync.bus.redis import RedisBus
 from agentsync.protocol import Event, NewEvent
@@ -77,7 +84,8 @@ async def nodes(request: pytest.FixtureRequest) -> AsyncIterator[Callable[[], An
     opened: list[Node] = []
 
     async def make() -> Node:
-        bus: Bus = LocalBus(broker) if request.param == "local" else RedisBus(REDIS_URL)
+        name = f"agentsync-test-{uuid.uuid4().hex[:8]}"
+        bus: Bus = LocalBus(broker) if request.param == "local" else RedisBus(REDIS_URL, name=name)
         node = Node(bus)
         await bus.open(node.on_message, node.on_resync)
         opened.append(node)
@@ -144,8 +152,11 @@ async def test_a_dropped_connection_resubscribes_and_asks_for_a_resync(nodes: An
     else:
         admin = redis.asyncio.Redis.from_url(REDIS_URL)
         try:
-            # Kill every pub/sub connection: the other tests' and this one's.
-            assert await admin.client_kill_filter(_type="pubsub") >= 1
+            # Only this test's subscriber: the machine's Redis may have other users.
+            clients = await admin.client_list()
+            ours = [c["id"] for c in clients if c.get("name") == b.bus.name]
+            assert len(ours) == 1, clients
+            await admin.client_kill_filter(_id=ours[0])
         finally:
             await admin.aclose()
     await b.wait(lambda: b.resyncs >= 1)
@@ -167,3 +178,11 @@ def test_events_survive_the_wire_format() -> None:
     assert decode(encode_ended("deleted")).why == "deleted"  # type: ignore[union-attr]
     with pytest.raises(ValueError):
         decode(b"Xnonsense")
+
+
+def test_the_last_seq_is_read_without_decoding() -> None:
+    one = Event.make(41, NewEvent("a", "status", 1, {"status": "x"}))
+    two = Event.make(42, NewEvent("b", "status", 2, {"status": "y,\n"}))
+    assert last_seq_of(encode_committed([one])) == 41
+    assert last_seq_of(encode_committed([one, two])) == 42
+    assert last_seq_of(encode_ended("deleted")) is None

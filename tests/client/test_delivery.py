@@ -64,6 +64,15 @@ def outbox_rows(path: Path) -> list[str]:
         conn.close()
 
 
+def stored_ids(path: Path) -> set[str]:
+    """Event ids in a stopped server's SQLite database."""
+    conn = sqlite3.connect(path)
+    try:
+        return {r[0] for r in conn.execute("SELECT event_id FROM events")}
+    finally:
+        conn.close()
+
+
 @pytest.mark.parametrize("server_down", [False, True], ids=["server-up", "server-down"])
 def test_agent_killed_mid_stream_then_restarted(
     srv: Any, tmp_path: Path, server_down: bool
@@ -90,6 +99,13 @@ def test_agent_killed_mid_stream_then_restarted(
         if server_down:
             srv.kill()
             time.sleep(random.uniform(0.1, 0.3))
+            # Under load the agent may not have produced since the server went away:
+            # wait until its outbox holds an event the server's database does not.
+            stored = stored_ids(srv.data_dir / "agentsync.db")
+            deadline = time.monotonic() + 10
+            while not set(outbox_rows(outbox)) - stored:
+                assert time.monotonic() < deadline, "the agent wrote nothing while offline"
+                time.sleep(0.01)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
     finally:

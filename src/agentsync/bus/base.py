@@ -112,6 +112,18 @@ def encode_ended(why: str) -> bytes:
     return b"G" + why.encode()
 
 
+def last_seq_of(payload: bytes) -> int | None:
+    """The seq of a Committed message's last event, read without decoding the message:
+    a node skips its own echoes and what it already holds for the cost of this."""
+    if payload[:1] != b"E":
+        return None
+    last = payload[payload.rfind(b"\n") + 1 :] if b"\n" in payload else payload[1:]
+    if not last.startswith(b'{"seq":'):
+        return None
+    end = last.find(b",", 7)
+    return int(last[7:end]) if end > 7 else None
+
+
 BusMessage = Committed | Ended | Presence | PresenceQuery
 
 

@@ -30,8 +30,9 @@ RECONNECT_MAX = 2.0  # seconds between reconnect attempts, at most
 
 
 class RedisBus:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, name: str = "agentsync-bus") -> None:
         self.url = url
+        self.name = name  # CLIENT SETNAME of the subscriber connection (CLIENT LIST shows it)
         self.channels: set[str] = set()
         self.connected = asyncio.Event()
         self._pubsub: PubSub | None = None
@@ -42,7 +43,9 @@ class RedisBus:
         self._on_resync: OnResync | None = None
         options: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_keepalive": True}
         self._publisher = Redis.from_url(url, socket_timeout=5.0, **options)
-        self._subscriber = Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
+        self._subscriber = Redis.from_url(
+            url, retry=Retry(NoBackoff(), 0), client_name=name, **options
+        )
 
     async def open(self, on_message: OnMessage, on_resync: OnResync) -> None:
         self._on_message = on_message
