@@ -9,6 +9,18 @@ as fast as acks allow), and every reader checks that it sees every seq exactly o
     python bench/fanout.py                       # both servers, R=10,100,1000, rate+sat
     python bench/fanout.py --readers 100 --modes rate --duration 5 --repeat 3
     python bench/fanout.py --servers peer --json
+    python bench/fanout.py --servers agentsync,cluster --nodes 3 --readers 300 --modes rate
+
+Setups (--servers): `peer` (peer_broadcast.py), `agentsync` (one node, SQLite) and `cluster`:
+--nodes agentsync nodes over PostgreSQL (--store; a fresh ``schema=bench_<hex>`` per run,
+dropped afterwards) and a Redis bus (--bus), all nodes on core 0 (see Cluster). In a cluster
+the writer is on node 0 and the R readers are spread evenly over the nodes, so (N-1)/N of
+them get the events through the bus; the readers of each node are in their own processes,
+and a second table splits deliveries, latency and gap/dup into same-node (node 0) and
+cross-node readers. A third table has node counters over the point from each node's
+/metrics (bus messages out/in per node, append conflicts, store catch-ups, slow consumers,
+rejected requests, appends slower than 100 ms) and the CPU of the machine's PostgreSQL and
+Redis processes (not pinned: they run wherever the scheduler puts them).
 
 Reported per server and point (medians over --repeat runs):
 - delivered ev/s: events received by all readers / (first publish -> last reader caught up)
@@ -59,6 +71,8 @@ SEQ_RE = re.compile(rb'"seq":\s*(\d+)')
 T_RE = re.compile(rb'"t":\s*(\d+)')
 MSG_ID = "m1"
 FAR = 1 << 62
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -609,6 +623,7 @@ async def writer_async(conn: Any, host: str, port: int, path: str, secret: str) 
         conn.send(("error", f"writer setup failed: {e!r}"))
         return
     w.ack_lat.clear()
+    w.acked = 0  # the setup event is not part of the point (readers join after it)
     conn.send(("ready", w.last_seq))
     cmd = await cmds.get()
     if cmd[0] != "go":
@@ -773,28 +788,208 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
 
+    @property
+    def nodes(self) -> list[Server]:
+        """The processes serving the setup (one here; a Cluster has several)."""
+        return [self]
 
-def start_servers(names: list[str], agentsync_cmd: str | None, data_dir: str) -> list[Server]:
-    servers = []
+    def log_problems(self) -> list[str]:
+        return log_problems(self.log.name)
+
+
+def log_problems(path: str, limit: int = 5) -> list[str]:
+    """Warning, error and traceback lines of a server log: counts by first words + examples."""
+    counts: dict[str, int] = {}
+    examples: dict[str, str] = {}
+    with contextlib.suppress(OSError), open(path, errors="replace") as f:
+        for line in f:
+            if not PROBLEM_RE.search(line):
+                continue
+            key = ID_RE.sub("<id>", " ".join(PROBLEM_RE.split(line, 1)[-1].split()[:6]))
+            counts[key] = counts.get(key, 0) + 1
+            examples.setdefault(key, line.strip()[:300])
+    top = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
+    return [f"{n}x {examples[k]}" for k, n in top]
+
+
+PROBLEM_RE = re.compile(r"\b(WARNING|ERROR|CRITICAL|Traceback)\b:?")
+ID_RE = re.compile(r"[A-Za-z0-9_-]{12,}|\d+")
+
+
+def agentsync_server(
+    name: str, agentsync_cmd: str | None, data_dir: str, extra: list[str] | None = None
+) -> Server:
+    """An agentsync node on a free port with rate and address limits off, on core 0."""
+    port = free_port()
+    if agentsync_cmd:
+        cmd = agentsync_cmd.format(port=port, data=data_dir).split()
+    else:
+        here = os.path.dirname(sys.executable)  # the venv's, when it is not activated
+        exe = shutil.which("agentsync") or shutil.which("agentsync", path=here) or "agentsync"
+        cmd = [exe, "serve", "--host", "127.0.0.1", "--port", str(port), "--data", data_dir]
+        helptext = subprocess.run([exe, "serve", "--help"], capture_output=True, text=True)
+        if "--rate-limit" in helptext.stdout:
+            cmd += ["--rate-limit", "0"]
+        if "--address-limits" in helptext.stdout:
+            cmd += ["--no-address-limits"]
+    return Server(name, cmd + (extra or []), port, {"AGENTSYNC_RATE_LIMIT": "0"})
+
+
+def start_servers(
+    names: list[str],
+    agentsync_cmd: str | None,
+    data_dir: str,
+    *,
+    nodes: int = 3,
+    store: str = PG_URL,
+    bus: str = REDIS_URL,
+) -> list[Any]:
+    """Servers by name: `peer`, `agentsync` (one node, SQLite in data_dir), `cluster`
+    (``nodes`` agentsync nodes over PostgreSQL ``store`` + Redis ``bus``, see Cluster)."""
+    servers: list[Any] = []
     here = os.path.dirname(os.path.abspath(__file__))
-    for name in names:
-        port = free_port()
-        if name == "peer":
-            cmd = [sys.executable, os.path.join(here, "peer_broadcast.py"), "--port", str(port)]
-            servers.append(Server("peer", cmd, port, {}))
-        else:
-            if agentsync_cmd:
-                cmd = agentsync_cmd.format(port=port, data=data_dir).split()
+    try:
+        for name in names:
+            if name == "peer":
+                port = free_port()
+                cmd = [sys.executable, os.path.join(here, "peer_broadcast.py"), "--port", str(port)]
+                servers.append(Server("peer", cmd, port, {}))
+            elif name == "cluster":
+                servers.append(Cluster(nodes, agentsync_cmd, data_dir, store, bus))
             else:
-                exe = shutil.which("agentsync") or "agentsync"
-                cmd = [exe, "serve", "--host", "127.0.0.1", "--port", str(port), "--data", data_dir]
-                helptext = subprocess.run([exe, "serve", "--help"], capture_output=True, text=True)
-                if "--rate-limit" in helptext.stdout:
-                    cmd += ["--rate-limit", "0"]
-                if "--address-limits" in helptext.stdout:
-                    cmd += ["--no-address-limits"]
-            servers.append(Server("agentsync", cmd, port, {"AGENTSYNC_RATE_LIMIT": "0"}))
+                servers.append(agentsync_server("agentsync", agentsync_cmd, data_dir))
+    except BaseException:
+        for srv in servers:
+            srv.stop()
+        raise
     return servers
+
+
+# --------------------------------------------------------------------------------------
+# Several nodes: one PostgreSQL store, one Redis bus
+# --------------------------------------------------------------------------------------
+
+
+class Cluster:
+    """``n`` agentsync nodes sharing a PostgreSQL schema (``bench_<hex>``, created fresh by the
+    nodes, dropped by stop()) and a Redis bus; each node has its own port and data dir, all
+    pinned to core 0 like a single server. Duck-types Server: ``port``/``new_session`` are
+    node 0's, ``cpu``/``rss`` sum the nodes (PostgreSQL's and Redis's own CPU is not in them:
+    see ``services_cpu``)."""
+
+    def __init__(self, n: int, agentsync_cmd: str | None, data_dir: str, store: str, bus: str):
+        self.name = f"cluster{n}"
+        self.schema = f"bench_{secrets.token_hex(4)}"
+        self.pg, self.bus = store, bus
+        self.store = f"{store}{'&' if '?' in store else '?'}schema={self.schema}"
+        self.nodes: list[Server] = []
+        try:
+            for i in range(n):
+                d = os.path.join(data_dir, f"{self.name}-node{i}")
+                os.makedirs(d, exist_ok=True)
+                extra = ["--store", self.store, "--bus", bus]
+                self.nodes.append(agentsync_server(f"node{i}", agentsync_cmd, d, extra))
+        except BaseException:
+            self.stop()
+            raise
+        self.port = self.nodes[0].port
+
+    def cpu(self) -> float:
+        return sum(x.cpu() for x in self.nodes)
+
+    def rss(self) -> int:
+        return sum(x.rss() for x in self.nodes)
+
+    def new_session(self) -> tuple[str, str]:
+        return self.nodes[0].new_session()
+
+    def log_problems(self) -> list[str]:
+        return [f"{x.name}: {p}" for x in self.nodes for p in x.log_problems()]
+
+    def stop(self) -> None:
+        for x in self.nodes:
+            x.stop()
+        self.drop_schema()
+
+    def drop_schema(self) -> None:
+        import asyncpg
+
+        async def drop() -> None:
+            conn = await asyncpg.connect(self.pg, timeout=10)
+            try:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+            finally:
+                await conn.close()
+
+        try:
+            asyncio.run(drop())
+        except Exception as e:
+            print(f"# could not drop schema {self.schema}: {e!r}", file=sys.stderr)
+
+
+def scrape(port: int) -> dict[str, float]:
+    """A node's /metrics as {'name{labels}': value} (empty when it has none, e.g. the peer)."""
+    try:
+        status, data = http("GET", "127.0.0.1", port, "/metrics")
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    if status != 200:
+        return out
+    for line in data.decode(errors="replace").splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            with contextlib.suppress(ValueError):
+                out[key] = float(value)
+    return out
+
+
+def scrape_all(srv: Any) -> list[dict[str, float]]:
+    return [scrape(x.port) for x in srv.nodes] if srv.name != "peer" else []
+
+
+def node_stats(before: list[dict[str, float]], after: list[dict[str, float]]) -> dict[str, Any]:
+    """Counter deltas between two scrape_all()s: bus messages per node, conflicts, errors."""
+
+    def d(i: int, key: str) -> int:
+        return round(after[i].get(key, 0.0) - before[i].get(key, 0.0))
+
+    rejected: dict[str, int] = {}
+    for i in range(len(after)):
+        for key in after[i]:
+            if key.startswith("agentsync_requests_rejected_total{"):
+                n = d(i, key)
+                if n:
+                    code = key.split('code="', 1)[-1].rstrip('"}')
+                    rejected[code] = rejected.get(code, 0) + n
+    nodes = range(len(after))
+    return {
+        "bus_out": [d(i, 'agentsync_bus_messages_total{direction="out"}') for i in nodes],
+        "bus_in": [d(i, 'agentsync_bus_messages_total{direction="in"}') for i in nodes],
+        "conflicts": sum(d(i, "agentsync_append_conflicts_total") for i in nodes),
+        "catch_ups": sum(d(i, "agentsync_bus_catch_ups_total") for i in nodes),
+        "slow_consumers": sum(d(i, "agentsync_slow_consumers_total") for i in nodes),
+        "events_in": [d(i, "agentsync_events_in_total") for i in nodes],
+        "appends": sum(d(i, "agentsync_append_seconds_count") for i in nodes),
+        "appends_over_100ms": sum(
+            d(i, "agentsync_append_seconds_count")
+            - d(i, 'agentsync_append_seconds_bucket{le="0.1"}')
+            for i in nodes
+        ),
+        "rejected": rejected,
+    }
+
+
+def services_cpu() -> float:
+    """CPU seconds of this machine's PostgreSQL and Redis processes (not pinned by us)."""
+    total = 0.0
+    for p in psutil.process_iter(["name"]):
+        name = p.info["name"] or ""
+        if name.startswith(("postgres", "redis-server")):
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system
+    return total
 
 
 # --------------------------------------------------------------------------------------
@@ -829,11 +1024,50 @@ def pct(xs: list[int], q: float) -> float | None:
     return xs[min(len(xs) - 1, int(len(xs) * q))] / 1e6
 
 
-def run_point(srv: Server, r: int, mode: str, a: argparse.Namespace) -> dict[str, Any]:
+def reader_plan(r: int, nodes: int, procs: int) -> list[tuple[int, int]]:
+    """(node index, readers) per reader process: R spread evenly over the nodes, and each
+    node's readers over ``procs / nodes`` processes (at least one per node)."""
+    plan = []
+    for k in range(nodes):
+        rk = r // nodes + (1 if k < r % nodes else 0)
+        nk = max(1, min(max(1, procs // nodes), rk))
+        plan += [(k, rk // nk + (1 if i < rk % nk else 0)) for i in range(nk)]
+    return [(k, n) for k, n in plan if n]
+
+
+def locality(results: list[dict[str, Any]], plan: list[tuple[int, int]], same: bool, acked: int):
+    """Deliveries, latency and seq checks of the readers on the writer's node (same) or on the
+    other nodes (cross)."""
+    sel = [(x, n) for x, (k, n) in zip(results, plan, strict=True) if (k == 0) == same]
+    lat = [v for x, _ in sel for v in x["lat"]]
+    behind = [b for x, _ in sel for b in x["behind"]]
+    readers = sum(n for _, n in sel)
+    return {
+        "readers": readers,
+        "nodes": len({k for k, _ in plan if (k == 0) == same}),
+        "delivered": sum(x["events"] for x, _ in sel),
+        "expected": acked * readers,
+        "p50_ms": pct(lat, 0.50),
+        "p99_ms": pct(lat, 0.99),
+        "max_ms": pct(lat, 1.0),
+        "lat_samples": len(lat),
+        "gaps": sum(x["gaps"] for x, _ in sel),
+        "dups": sum(x["dups"] for x, _ in sel),
+        "drained": all(x["done"] == n for x, n in sel),
+        "max_behind": max(behind) if behind else 0,
+    }
+
+
+def run_point(srv: Any, r: int, mode: str, a: argparse.Namespace) -> dict[str, Any]:
+    """One point against ``srv`` (a Server or a Cluster): the writer on node 0, the readers
+    spread over all nodes."""
     ctx = mp.get_context("fork")
     sid, secret = srv.new_session()
     path = f"/v1/sessions/{sid}/ws"
     host, port = "127.0.0.1", srv.port
+    ports = [x.port for x in srv.nodes]
+    plan = reader_plan(r, len(ports), a.reader_procs)
+    sizes = [n for _, n in plan]
     procs: list[Any] = []
     pipes: list[Any] = []
     rss_peak = [srv.rss()]
@@ -844,12 +1078,11 @@ def run_point(srv: Server, r: int, mode: str, a: argparse.Namespace) -> dict[str
         wproc.start()
         procs.append(wproc)
         recv(wp, 60, "writer")
-        nproc = max(1, min(a.reader_procs, r))
-        sizes = [r // nproc + (1 if i < r % nproc else 0) for i in range(nproc)]
         sample = max(1, r // a.lat_conns)
-        for n in sizes:
+        for k, n in plan:
             rp, rc = ctx.Pipe()
-            p = ctx.Process(target=reader_main, args=(rc, host, port, path, n, sample), daemon=True)
+            args = (rc, host, ports[k], path, n, sample)
+            p = ctx.Process(target=reader_main, args=args, daemon=True)
             p.start()
             procs.append(p)
             pipes.append(rp)
@@ -868,7 +1101,9 @@ def run_point(srv: Server, r: int, mode: str, a: argparse.Namespace) -> dict[str
 
         th = threading.Thread(target=sampler, daemon=True)
         th.start()
-        cpu0, lcpu0, per0 = srv.cpu(), load_cpu(), psutil.cpu_times(percpu=True)
+        m0 = scrape_all(srv)
+        cpu0, lcpu0, per0, scpu0 = srv.cpu(), load_cpu(), psutil.cpu_times(True), services_cpu()
+        ncpu0 = [x.cpu() for x in srv.nodes]
         w0 = time.monotonic_ns()
         wp.send(("go", mode, a.rate, a.duration, a.window, a.batch, a.max_events, a.delta))
         done = recv(wp, a.duration + 90, "writer")[1]
@@ -876,7 +1111,9 @@ def run_point(srv: Server, r: int, mode: str, a: argparse.Namespace) -> dict[str
             rp.send(("target", done["last_seq"], a.drain_timeout))
         results = [recv(rp, a.drain_timeout + 60, "reader")[1] for rp in pipes]
         w1 = time.monotonic_ns()
-        cpu1, lcpu1, per1 = srv.cpu(), load_cpu(), psutil.cpu_times(percpu=True)
+        cpu1, lcpu1, per1, scpu1 = srv.cpu(), load_cpu(), psutil.cpu_times(True), services_cpu()
+        ncpu1 = [x.cpu() for x in srv.nodes]
+        m1 = scrape_all(srv)
         stop_sampler.set()
         th.join()
         wp.send(("quit",))
@@ -895,6 +1132,7 @@ def run_point(srv: Server, r: int, mode: str, a: argparse.Namespace) -> dict[str
     lat: list[int] = [v for x in results for v in x["lat"]]
     wall = (t_end - t0) / 1e9
     pub_wall = max(1e-9, (done["t_acked"] - t0) / 1e9)
+    point_s = max(1e-9, (w1 - w0) / 1e9)
     behind = [b for x in results for b in x["behind"]]
     codes: dict[str, int] = {}
     for x in results:
@@ -903,8 +1141,9 @@ def run_point(srv: Server, r: int, mode: str, a: argparse.Namespace) -> dict[str
     c0 = core_busy(per0[SERVER_CORE], per1[SERVER_CORE])
     c1 = core_busy(per0[LOAD_CORE % len(per0)], per1[LOAD_CORE % len(per1)])
     expected = done["acked"] * r
-    return {
+    row = {
         "server": srv.name,
+        "nodes": len(ports),
         "readers": r,
         "mode": mode,
         "published": done["published"],
@@ -926,7 +1165,8 @@ def run_point(srv: Server, r: int, mode: str, a: argparse.Namespace) -> dict[str
         "server_cpu_s": cpu1 - cpu0,
         "cpu_us_per_delivery": 1e6 * (cpu1 - cpu0) / max(1, events),
         "server_rss_mb": rss_peak[0] / 2**20,
-        "load_cpu_pct": 100.0 * (lcpu1 - lcpu0) / max(1e-9, (w1 - w0) / 1e9),
+        "load_cpu_pct": 100.0 * (lcpu1 - lcpu0) / point_s,
+        "services_cpu_pct": 100.0 * (scpu1 - scpu0) / point_s,
         "core0_pct": c0,
         "core1_pct": c1,
         "gaps": sum(x["gaps"] for x in results),
@@ -936,9 +1176,17 @@ def run_point(srv: Server, r: int, mode: str, a: argparse.Namespace) -> dict[str
         "reconnects": sum(x["reconnects"] for x in results),
         "failed": sum(x["failed"] for x in results),
         "close_codes": codes,
-        "server_cpu_pct": 100.0 * (cpu1 - cpu0) / max(1e-9, (w1 - w0) / 1e9),
-        "load_bound": 100.0 * (lcpu1 - lcpu0) / max(1e-9, (w1 - w0) / 1e9) >= a.load_bound_pct,
+        "server_cpu_pct": 100.0 * (cpu1 - cpu0) / point_s,
+        "node_cpu_pct": [100.0 * (b - a) / point_s for a, b in zip(ncpu0, ncpu1, strict=True)],
+        "load_bound": 100.0 * (lcpu1 - lcpu0) / point_s >= a.load_bound_pct,
+        "node_stats": node_stats(m0, m1) if m1 else None,
     }
+    if len(ports) > 1:
+        row["by_locality"] = {
+            "same": locality(results, plan, True, done["acked"]),
+            "cross": locality(results, plan, False, done["acked"]),
+        }
+    return row
 
 
 NUMERIC_MEDIAN = (
@@ -954,6 +1202,7 @@ NUMERIC_MEDIAN = (
     "server_cpu_pct",
     "core0_pct",
     "core1_pct",
+    "services_cpu_pct",
     "ack_p50_ms",
     "ack_p99_ms",
 )
@@ -969,6 +1218,18 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["drained"] = all(x["drained"] for x in runs)
     out["load_bound"] = sum(x["load_bound"] for x in runs) * 2 > len(runs)
     out["runs"] = len(runs)
+    if "by_locality" in out:
+        out["by_locality"] = {}
+        for where, last in runs[-1]["by_locality"].items():
+            sub = [x["by_locality"][where] for x in runs]
+            one = dict(last)
+            for k in ("p50_ms", "p99_ms", "max_ms"):
+                vals = [y[k] for y in sub if y[k] is not None]
+                one[k] = statistics.median(vals) if vals else None
+            for k in ("gaps", "dups", "max_behind"):
+                one[k] = max(y[k] for y in sub)
+            one["drained"] = all(y["drained"] for y in sub)
+            out["by_locality"][where] = one
     return out
 
 
@@ -1024,11 +1285,11 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def ratios(rows: list[dict[str, Any]]) -> str:
+def ratios(rows: list[dict[str, Any]], num: str = "agentsync", den: str = "peer") -> str:
     by = {(x["server"], x["readers"], x["mode"]): x for x in rows}
+    ab = f"{num}/{den}"
     lines = [
-        "| R | mode | delivered ev/s (agentsync/peer) | p99 (agentsync/peer) "
-        "| CPU/dlv (agentsync/peer) |",
+        f"| R | mode | delivered ev/s ({ab}) | p99 ({ab}) | CPU/dlv ({ab}) |",
         "|---|---|---|---|---|",
     ]
     any_ = False
@@ -1037,8 +1298,8 @@ def ratios(rows: list[dict[str, Any]]) -> str:
         return f"{a / b:.2f}x" if a is not None and b else "-"
 
     for (s, r, m), x in by.items():
-        p = by.get(("peer", r, m))
-        if s != "agentsync" or p is None:
+        p = by.get((den, r, m))
+        if s != num or p is None:
             continue
         any_ = True
         lines.append(
@@ -1049,11 +1310,84 @@ def ratios(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) if any_ else ""
 
 
+def locality_table(rows: list[dict[str, Any]]) -> str:
+    """Multi-node points split by where the readers are: on the writer's node (same) or on
+    another node, fed through the bus (cross)."""
+    head = (
+        "| server | R | mode | readers | delivered / expected | p50 ms | p99 ms | max ms "
+        "| lat samples | gap/dup | drained |"
+    )
+    lines = [head, "|" + "---|" * 11]
+    for x in rows:
+        for where, y in (x.get("by_locality") or {}).items():
+            node = "node 0" if where == "same" else f"{y['nodes']} other nodes"
+            drained = "yes" if y["drained"] else f"NO (max {y['max_behind']} behind)"
+            lines.append(
+                f"| {x['server']} | {x['readers']} | {x['mode']} "
+                f"| {where}-node: {y['readers']} on {node} | {y['delivered']}/{y['expected']} "
+                f"| {fmt(y['p50_ms'])} | {fmt(y['p99_ms'])} | {fmt(y['max_ms'])} "
+                f"| {y['lat_samples']} | {y['gaps']}/{y['dups']} "
+                f"| {drained} |"
+            )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def stats_table(rows: list[dict[str, Any]]) -> str:
+    """Node counters (deltas over the point, from each node's /metrics) and the CPU of the
+    machine's PostgreSQL and Redis processes."""
+    head = (
+        "| server | R | mode | bus out per node | bus in per node | conflicts | catch-ups "
+        "| slow consumers | rejected | appends > 100 ms | CPU % per node | pg+redis CPU % |"
+    )
+    lines = [head, "|" + "---|" * 12]
+    for x in rows:
+        st = x.get("node_stats")
+        if not st:
+            continue
+        rej = ", ".join(f"{k}: {v}" for k, v in st["rejected"].items()) or "0"
+        lines.append(
+            f"| {x['server']} | {x['readers']} | {x['mode']} "
+            f"| {' / '.join(map(str, st['bus_out']))} | {' / '.join(map(str, st['bus_in']))} "
+            f"| {st['conflicts']} | {st['catch_ups']} | {st['slow_consumers']} | {rej} "
+            f"| {st['appends_over_100ms']}/{st['appends']} "
+            f"| {' / '.join(fmt(c, 0) for c in x['node_cpu_pct'])} "
+            f"| {fmt(x.get('services_cpu_pct'), 0)} |"
+        )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def add_cluster_args(ap: argparse.ArgumentParser) -> None:
+    """The `cluster` setup's options (fanout.py and ingest.py)."""
+    ap.add_argument("--nodes", type=int, default=3, help="nodes of the `cluster` setup")
+    ap.add_argument(
+        "--store",
+        default=PG_URL,
+        help="PostgreSQL URL of the cluster; a fresh schema=bench_<hex> is added, then dropped",
+    )
+    ap.add_argument("--bus", default=REDIS_URL, help="Redis URL of the cluster's bus")
+
+
+def stop_all(servers: list[Any]) -> dict[str, list[str]]:
+    """Stop the servers; print (to stderr) and return warnings/errors found in their logs."""
+    problems: dict[str, list[str]] = {}
+    for srv in servers:
+        srv.stop()
+        found = srv.log_problems()
+        if found:
+            problems[srv.name] = found
+            print(f"# {srv.name}: warnings/errors in the log:", file=sys.stderr)
+            for line in found:
+                print(f"#   {line}", file=sys.stderr)
+    return problems
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--servers", default="peer,agentsync", help="comma list: peer,agentsync")
+    ap.add_argument(
+        "--servers", default="peer,agentsync", help="comma list: peer,agentsync,cluster"
+    )
     ap.add_argument("--readers", default="10,100,1000", help="comma list of R")
     ap.add_argument("--modes", default="rate,sat", help="comma list: rate (fixed), sat")
     ap.add_argument("--rate", type=float, default=1000.0, help="events/s in rate mode")
@@ -1072,6 +1406,7 @@ def main() -> None:
         default=None,
         help="override, e.g. 'agentsync serve --port {port} --data {data}'",
     )
+    add_cluster_args(ap)
     ap.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     a = ap.parse_args()
     pin(LOAD_CORE)
@@ -1079,7 +1414,9 @@ def main() -> None:
     rs = [int(x) for x in a.readers.split(",")]
     modes = [m.strip() for m in a.modes.split(",")]
     data_dir = tempfile.mkdtemp(prefix="agentsync-bench-")
-    servers = start_servers(names, a.agentsync_cmd, data_dir)
+    servers = start_servers(
+        names, a.agentsync_cmd, data_dir, nodes=a.nodes, store=a.store, bus=a.bus
+    )
     rows: list[dict[str, Any]] = []
     try:
         for r in rs:
@@ -1101,19 +1438,25 @@ def main() -> None:
                                 file=sys.stderr,
                             )
     finally:
-        for srv in servers:
-            srv.stop()
+        problems = stop_all(servers)
         shutil.rmtree(data_dir, ignore_errors=True)
     if a.json:
         for x in rows:
             x.pop("lat", None)
-        print(json.dumps({"args": vars(a), "cpus": os.cpu_count(), "rows": rows}, indent=1))
+        out = {"args": vars(a), "cpus": os.cpu_count(), "rows": rows, "log_problems": problems}
+        print(json.dumps(out, indent=1))
     else:
         print(table(rows))
-        rt = ratios(rows)
-        if rt:
-            print()
-            print(rt)
+        cluster = f"cluster{a.nodes}"
+        for extra in (
+            ratios(rows),
+            ratios(rows, cluster, "agentsync"),
+            locality_table(rows),
+            stats_table(rows),
+        ):
+            if extra:
+                print()
+                print(extra)
 
 
 if __name__ == "__main__":
