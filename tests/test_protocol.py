@@ -83,3 +83,14 @@ def test_deeply_nested_data_is_refused() -> None:
     assert "nested deeper" in info.value.message
     shallow: dict[str, Any] = {"status": "x", "n": [[{"a": [1]}]]}
     assert parse_event({"type": "status", "data": shallow}).data == shallow
+
+
+def test_nul_in_ids_is_refused_on_every_store() -> None:
+    for obj in (
+        {"id": "a\x00b", "type": "status", "data": {"status": "x"}},
+        {"type": "message.delta", "data": {"id": "m\x00", "delta": "x"}},
+    ):
+        with pytest.raises(InvalidEvent, match="NUL"):
+            parse_event(obj)
+    # Inside data it is only JSON text (stored as bytes): allowed.
+    assert parse_event({"type": "status", "data": {"status": "a\x00b"}}).data["status"] == "a\x00b"

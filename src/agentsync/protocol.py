@@ -219,6 +219,8 @@ def _shallow(value: Any, limit: int) -> bool:
 def _check_id(value: str, where: str) -> None:
     if not value or len(value) > MAX_ID_LENGTH:
         raise InvalidEvent(f"{where}: ids must be 1 to {MAX_ID_LENGTH} characters")
+    if "\x00" in value:  # PostgreSQL text cannot hold it: refuse it the same on every store
+        raise InvalidEvent(f"{where}: ids may not contain the NUL character")
 
 
 def validate_data(type_: str, data: dict[str, Any], where: str) -> None:

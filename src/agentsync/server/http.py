@@ -185,8 +185,8 @@ async def create_share(request: Request) -> Response:
 def new_share_from(hub: Hub, body: dict[str, Any]) -> tuple[ShareRecord, str, str | None]:
     config = hub.config
     title = body.get("title", "")
-    if not isinstance(title, str) or len(title) > 500:
-        raise BadRequest("'title' must be a string of at most 500 characters")
+    if not isinstance(title, str) or len(title) > 500 or "\x00" in title:
+        raise BadRequest("'title' must be a string of at most 500 characters, without NUL")
     ttl = body.get("ttl_seconds", config.default_ttl_seconds)
     if ttl is None:
         ttl = config.default_ttl_seconds
