@@ -18,13 +18,21 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import pytest
 
 READY_TIMEOUT = 15.0
 STOP_TIMEOUT = 15.0
+
+
+def service_missing(reason: str) -> NoReturn:
+    """A test's service (PostgreSQL, Redis, Chromium, npm…) is not there: skip, except under
+    ``AGENTSYNC_REQUIRE_SERVICES=1`` (CI), where the test fails instead."""
+    if os.environ.get("AGENTSYNC_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"needed by this test: {reason}")
+    pytest.skip(reason)
 
 
 def free_port() -> int:

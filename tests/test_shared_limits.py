@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from agentsync.limits import RateLimiter, RedisRateLimiter, make_limiter
 from agentsync.protocol import RateLimited
+from conftest import service_missing
 
 REDIS_URL = os.environ.get("AGENTSYNC_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
@@ -26,10 +27,7 @@ async def redis() -> AsyncIterator[Any]:
         await client.ping()
     except Exception as exc:
         await client.aclose()
-        reason = f"Redis at {REDIS_URL} is not reachable: {exc}"
-        if os.environ.get("AGENTSYNC_REQUIRE_SERVICES") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        service_missing(f"Redis at {REDIS_URL} is not reachable: {exc}")
     yield client
     await client.aclose()
 

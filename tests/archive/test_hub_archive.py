@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from agentsync.hub import Hub
 from agentsync.metrics import Metrics
 from agentsync.protocol import NewEvent, Unavailable, parse_event
 from agentsync.store.sqlite import SQLiteStore
+from conftest import service_missing
 from store.test_conformance import BACKENDS, Backend
 from test_hub import attach, config, new_share
 
@@ -75,9 +75,7 @@ async def setup(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     backend = BACKENDS[store_name]
     reason = await backend.missing() if backend.missing is not None else None
     if reason is not None:
-        if os.environ.get("AGENTSYNC_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"the {backend.name} store needs its service: {reason}")
-        pytest.skip(reason)
+        service_missing(f"the {backend.name} store needs its service: {reason}")
     chosen = Setup(backend, archive_kind, tmp_path)
     if archive_kind == "s3":
         chosen.s3_url = request.getfixturevalue("s3_archive_url")

@@ -27,6 +27,7 @@ from agentsync.bus.base import (
 from agentsync.bus.local import LocalBroker, LocalBus
 from agentsync.bus.redis import RedisBus
 from agentsync.protocol import Event, NewEvent
+from conftest import service_missing
 
 REDIS_URL = os.environ.get("AGENTSYNC_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
@@ -77,9 +78,7 @@ async def nodes(request: pytest.FixtureRequest) -> AsyncIterator[Callable[[], An
     if request.param == "redis":
         reason = await redis_available()
         if reason is not None:
-            if os.environ.get("AGENTSYNC_REQUIRE_SERVICES") == "1":
-                pytest.fail(reason)
-            pytest.skip(reason)
+            service_missing(reason)
     broker = LocalBroker()
     opened: list[Node] = []
 

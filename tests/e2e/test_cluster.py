@@ -25,17 +25,11 @@ import httpx
 import pytest
 import websockets
 
-from conftest import free_port
+from conftest import free_port, service_missing
 
 from ._support import bearer, create_share, message
 
 PG_URL = os.environ.get("AGENTSYNC_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-def _need(reason: str) -> None:
-    if os.environ.get("AGENTSYNC_REQUIRE_SERVICES") == "1":
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 class RedisServer:
@@ -81,7 +75,7 @@ class RedisServer:
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
     if shutil.which("redis-server") is None:
-        _need("redis-server is not installed")
+        service_missing("redis-server is not installed")
     server = RedisServer(free_port())
     server.start()
     yield server
@@ -93,12 +87,12 @@ async def pg_schema() -> AsyncIterator[str]:
     try:
         import asyncpg
     except ImportError:
-        _need("asyncpg is not installed")
+        service_missing("asyncpg is not installed")
     schema = "cluster_" + uuid.uuid4().hex[:10]
     try:
         conn = await asyncpg.connect(PG_URL, timeout=3)
     except Exception as exc:
-        _need(f"PostgreSQL at {PG_URL} is not reachable: {exc}")
+        service_missing(f"PostgreSQL at {PG_URL} is not reachable: {exc}")
     try:
         yield schema
     finally:

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from conftest import service_missing
+
 CHROMIUM = os.environ.get("AGENTSYNC_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -43,9 +45,7 @@ class PageErrors:
 async def browser() -> AsyncIterator[Any]:
     reason = _missing()
     if reason is not None:
-        if os.environ.get("AGENTSYNC_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"browser tests need Chromium: {reason}")
-        pytest.skip(reason)
+        service_missing(f"browser tests need Chromium: {reason}")
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from conftest import service_missing
 
 ROOT = Path(__file__).resolve().parents[2]
 STATIC = Path("src/agentsync/server/web/static")
@@ -19,9 +19,7 @@ BUILT = ("viewer.js", "viewer.js.LEGAL.txt")
 def test_committed_bundle_is_what_the_lock_file_builds(tmp_path: Path) -> None:
     npm = shutil.which("npm")
     if npm is None:
-        if os.environ.get("AGENTSYNC_REQUIRE_SERVICES") == "1":
-            pytest.fail("npm is needed to check the viewer build")
-        pytest.skip("npm is not installed")
+        service_missing("npm, to check the viewer build")
     work = tmp_path / "viewer"
     work.mkdir()
     for name in ("package.json", "package-lock.json"):
