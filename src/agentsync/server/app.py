@@ -32,7 +32,7 @@ from agentsync.hub import Hub
 from agentsync.limits import AddressLimits
 from agentsync.metrics import Metrics
 from agentsync.protocol import AgentsyncError, BadRequest, NotFound
-from agentsync.server import admin, http, openapi, ws
+from agentsync.server import admin, http, openapi, opencode, ws
 from agentsync.server.guard import Guard, mask_tokens
 from agentsync.server.web import routes as web
 from agentsync.server.wsproto import AgentsyncWebSocketProtocol
@@ -175,6 +175,10 @@ def create_app(node: Node) -> Starlette:
         Route("/v1/sessions/{session_id}/stream", http.stream_events, methods=["GET"]),
         Route("/v1/sessions/{session_id}/export", http.export_session, methods=["GET"]),
         WebSocketRoute("/v1/sessions/{session_id}/ws", ws.websocket_endpoint),
+        Route("/api/share", opencode.create_share, methods=["POST"]),
+        Route("/api/share/{session_id}/sync", opencode.sync, methods=["POST"]),
+        Route("/api/share/{session_id}/data", opencode.share_data, methods=["GET"]),
+        Route("/api/share/{session_id}", opencode.delete_share, methods=["DELETE"]),
         Route("/share/{session_id}", web.share_page, methods=["GET"]),
         Route("/static/{name}", web.static_asset, methods=["GET"]),
         Route("/healthz", http.healthz, methods=["GET"]),

@@ -660,6 +660,7 @@ def _paths() -> dict[str, Schema]:
                 "responses": _responses({"204": {"description": "Expired."}}, 400, 401, 403, 404),
             },
         },
+        **_opencode_paths(),
         "/openapi.json": {
             "get": {
                 "operationId": "openapi",
@@ -667,6 +668,141 @@ def _paths() -> dict[str, Schema]:
                 "security": [],
                 "responses": _responses({"200": _json("OpenAPI 3.1.", {"type": "object"})}),
             }
+        },
+    }
+
+
+def _opencode_paths() -> dict[str, Schema]:
+    """opencode's share API (``enterprise.url``; see server/opencode.py). The secret
+    travels in the JSON body, as opencode sends it."""
+    secret = {"secret": {"type": "string", "description": "The share's write secret."}}
+    item = {
+        "type": "object",
+        "required": ["type", "data"],
+        "properties": {
+            "type": {
+                "type": "string",
+                "description": "session, message, part, session_diff, model",
+            },
+            "data": {"description": "opencode's object (an array for session_diff and model)."},
+        },
+    }
+    return {
+        "/api/share": {
+            "post": {
+                "operationId": "opencodeCreateShare",
+                "summary": "opencode: create a public share for an opencode session",
+                "security": _OPERATOR_SECURITY,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        JSON: {
+                            "schema": {
+                                "type": "object",
+                                "required": ["sessionID"],
+                                "properties": {"sessionID": {"type": "string", "minLength": 1}},
+                            }
+                        }
+                    },
+                },
+                "responses": _responses(
+                    {
+                        "200": _json(
+                            "The share: `url` is the viewer page.",
+                            {
+                                "type": "object",
+                                "required": ["id", "secret", "url"],
+                                "properties": {
+                                    "id": {"type": "string"},
+                                    "secret": {"type": "string"},
+                                    "url": {"type": "string"},
+                                },
+                            },
+                        )
+                    },
+                    400,
+                    401,
+                    403,
+                    413,
+                ),
+            }
+        },
+        "/api/share/{session_id}/sync": {
+            "parameters": [_SESSION_ID],
+            "post": {
+                "operationId": "opencodeSync",
+                "summary": "opencode: upsert items; each becomes events of the share's log",
+                "security": [],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        JSON: {
+                            "schema": {
+                                "type": "object",
+                                "required": ["secret", "data"],
+                                "properties": {
+                                    **secret,
+                                    "data": {"type": "array", "items": item},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": _responses(
+                    {
+                        "200": _json(
+                            "Stored durably (no seqs when nothing changed).",
+                            {
+                                "type": "object",
+                                "required": ["seqs", "last_seq"],
+                                "properties": {
+                                    "seqs": {"type": "array", "items": {"type": "integer"}},
+                                    "last_seq": {"type": "integer"},
+                                },
+                            },
+                        )
+                    },
+                    400,
+                    401,
+                    403,
+                    404,
+                    410,
+                    413,
+                    422,
+                    503,
+                ),
+            },
+        },
+        "/api/share/{session_id}/data": {
+            "parameters": [_SESSION_ID],
+            "get": {
+                "operationId": "opencodeData",
+                "summary": "opencode: the merged items (what `opencode import` reads)",
+                "security": _READ_SECURITY,
+                "responses": _responses(
+                    {"200": _json("The items.", {"type": "array", "items": item})},
+                    400,
+                    401,
+                    403,
+                    404,
+                    410,
+                ),
+            },
+        },
+        "/api/share/{session_id}": {
+            "parameters": [_SESSION_ID],
+            "delete": {
+                "operationId": "opencodeDeleteShare",
+                "summary": "opencode: unshare (204 also when already deleted or expired)",
+                "security": [],
+                "requestBody": {
+                    "required": False,
+                    "content": {JSON: {"schema": {"type": "object", "properties": secret}}},
+                },
+                "responses": _responses(
+                    {"204": {"description": "Deleted, or was already."}}, 400, 401, 403, 404
+                ),
+            },
         },
     }
 
