@@ -9,6 +9,7 @@ export and every reader use. ``test_opencode_e2e.py`` runs the real binary.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 from agentsync.opencode import item_key
 from conftest import ServerFactory, ServerProcess
 from e2e.test_archive import ARCHIVE_FLAGS, wait_archived
+from e2e.test_cluster import PG_URL, pg_schema, redis_server  # noqa: F401  (fixtures)
 
 CAPTURE = json.loads((Path(__file__).parent / "fixtures" / "capture-1.18.33.json").read_text())
 
@@ -292,3 +294,59 @@ async def test_an_archived_opencode_share_reads_back_whole(server_factory: Serve
         assert await items_of(http, share) == before
         assert (await sync(http, share, syncs[-1])).status_code == 200
         assert await items_of(http, share) == merge(syncs)
+
+
+async def test_the_session_write_limit_applies_to_syncs(server_factory: ServerFactory) -> None:
+    srv = server_factory(rate_limit=1, rate_burst=20)
+    async with httpx.AsyncClient(base_url=srv.url, timeout=10.0) as http:
+        share = await create(http)
+        syncs = captured_syncs()
+        statuses = [(await sync(http, share, batch)).status_code for batch in syncs[:4]]
+        assert statuses[0] == 200 and 429 in statuses, statuses
+        limited = await sync(http, share, syncs[4])
+        assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+        # what was refused was not stored: the share holds the accepted syncs only
+        accepted = [batch for batch, status in zip(syncs, statuses, strict=False) if status == 200]
+        assert await items_of(http, share) == merge(accepted)
+
+
+async def test_syncs_through_two_nodes_read_back_whole(
+    server_factory: ServerFactory,
+    redis_server: Any,  # noqa: F811
+    pg_schema: str,  # noqa: F811
+) -> None:
+    """Behind a load balancer consecutive syncs land on different nodes, each of which may
+    not have applied the other's last write yet: the merged items still come out exact."""
+    flags = {"rate_limit": 0, "store": f"{PG_URL}?schema={pg_schema}", "bus": redis_server.url}
+    nodes = [server_factory(**flags), server_factory(**flags)]
+    clients = [httpx.AsyncClient(base_url=n.url, timeout=10.0) for n in nodes]
+    try:
+        share = await create(clients[0])
+        syncs = captured_syncs()
+        last_seq = 0
+        for i, batch in enumerate(syncs):
+            res = await sync(clients[i % 2], share, batch)
+            assert res.status_code == 200, res.text
+            last_seq = max(last_seq, res.json()["last_seq"])
+        # Text that grows with every sync, through alternating nodes.
+        info = {"id": "msg_z", "sessionID": "ses_x", "role": "assistant", "time": {"created": 9}}
+        part = {"id": "prt_z", "messageID": "msg_z", "sessionID": "ses_x", "type": "text"}
+        text = ""
+        growing = [[{"type": "message", "data": info}]]
+        for i in range(40):
+            text += f"word{i} "
+            growing.append([{"type": "part", "data": {**part, "text": text}}])
+        for i, batch in enumerate(growing):
+            res = await sync(clients[i % 2], share, batch)
+            assert res.status_code == 200, res.text
+            last_seq = max(last_seq, res.json()["last_seq"])
+        syncs += growing
+        for http in clients:
+            for _ in range(100):
+                if (await snapshot(http, share))["seq"] >= last_seq:
+                    break
+                await asyncio.sleep(0.05)
+            assert await items_of(http, share) == merge(syncs)
+    finally:
+        for http in clients:
+            await http.aclose()
