@@ -8,6 +8,8 @@ call so its arguments and output show, and saves viewport screenshots:
     docs/viewer-desktop.png   1280x900
     docs/viewer-phone.png     390x844, device scale factor 2, mobile
     docs/viewer-dark.png      1280x900, prefers-color-scheme: dark
+    docs/viewer-opencode.png  1280x900, the opencode session recorded in tests/opencode/fixtures
+                              replayed through the opencode share API
 
     python docs/screenshots.py
     python docs/screenshots.py --out /tmp/shots --call t3
@@ -16,6 +18,7 @@ call so its arguments and output show, and saves viewport screenshots:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import socket
@@ -36,6 +39,8 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
 HERE = Path(__file__).resolve().parent
+OPENCODE_CAPTURE = HERE.parent / "tests" / "opencode" / "fixtures" / "capture-1.18.33.json"
+OPENCODE_CALL = "call_bash_4"
 SHOTS: dict[str, dict[str, Any]] = {
     "viewer-desktop.png": {"viewport": {"width": 1280, "height": 900}},
     "viewer-phone.png": {
@@ -96,6 +101,19 @@ def run_demo(url: str, state: str) -> str:
     raise RuntimeError(f"no 'viewer:' line in the demo's output:\n{out}")
 
 
+def share_opencode(url: str) -> str:
+    """Replay the syncs a real opencode sent (tests/opencode/fixtures); the viewer link."""
+    capture = json.loads(OPENCODE_CAPTURE.read_text())
+    path = f"/api/share/{capture['meta']['share_id']}/sync"
+    with httpx.Client(base_url=url, timeout=10) as http:
+        share = http.post("/api/share", json={"sessionID": capture["meta"]["session_id"]}).json()
+        for request in capture["requests"]:
+            if request["method"] == "POST" and request["path"] == path:
+                body = {"secret": share["secret"], "data": request["body"]["data"]}
+                http.post(f"/api/share/{share['id']}/sync", json=body).raise_for_status()
+    return str(share["url"])
+
+
 def shoot(
     browser: Browser, link: str, seq: int, call: str, path: Path, opts: dict[str, Any]
 ) -> None:
@@ -134,11 +152,23 @@ def main() -> None:
     try:
         link = run_demo(url, os.path.join(tmp, "shares.json"))
         seq = int(httpx.get(url + "/v1/sessions/" + link.rsplit("/", 1)[1]).json()["seq"])
+        opencode = share_opencode(url)
+        opencode_seq = int(
+            httpx.get(url + "/v1/sessions/" + opencode.rsplit("/", 1)[1]).json()["seq"]
+        )
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             try:
                 for name, opts in SHOTS.items():
                     shoot(browser, link, seq, a.call, a.out / name, opts)
+                shoot(
+                    browser,
+                    opencode,
+                    opencode_seq,
+                    OPENCODE_CALL,
+                    a.out / "viewer-opencode.png",
+                    SHOTS["viewer-desktop.png"],
+                )
             finally:
                 browser.close()
     finally:

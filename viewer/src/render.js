@@ -1,7 +1,8 @@
 // Markdown, highlighting and the message markup: the client twin of
-// src/agentsync/server/web/render.py. Content is untrusted: markdown-it runs with raw HTML
-// off and images shown as links, links are limited to http(s)/mailto, and DOMPurify
-// sanitises the result with an allow-list before it touches the DOM.
+// src/agentsync/server/web/render.py (opencode's messages and parts: opencode.js). Content
+// is untrusted: markdown-it runs with raw HTML off and images shown as links, links are
+// limited to http(s)/mailto, and DOMPurify sanitises the result with an allow-list before
+// it touches the DOM.
 
 import MarkdownIt from "markdown-it";
 import DOMPurify from "dompurify";
@@ -102,7 +103,7 @@ export function clock(ts) {
   return { iso: d.toISOString(), text: `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}` };
 }
 
-function el(tag, className, text) {
+export function el(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;
   if (text !== undefined) node.textContent = text;
@@ -115,14 +116,17 @@ function toolState(result) {
   return ["ok", "done"];
 }
 
-function toolEl(call, result, open) {
+/** details.tool of one call and its result; `options` as tool_html's keywords: `state`
+ * overrides [css state, label], `summary` is a one-line gist, `extra` more tool-io nodes. */
+export function toolEl(call, result, open, options = {}) {
   const callId = call ? call.id : result.toolCallId;
-  const [state, label] = toolState(result);
+  const [state, label] = options.state || toolState(result);
   const details = el("details", `tool state-${state}`);
   details.dataset.call = String(callId);
   if (open) details.open = true;
   const summary = el("summary");
   summary.append(el("span", "tool-name", String((call && call.name) || "tool result")));
+  if (options.summary) summary.append(el("span", "tool-summary", options.summary));
   summary.append(el("span", "tool-state", label));
   details.append(summary);
   const io = el("div", "tool-io");
@@ -135,6 +139,7 @@ function toolEl(call, result, open) {
     const output = result.error && !result.output ? result.error : result.output;
     io.append(el("pre", "tool-out", pretty(output)));
   }
+  if (options.extra) io.append(...options.extra);
   details.append(io);
   return details;
 }

@@ -4,6 +4,7 @@
 // reconnects by itself after a network loss or a server restart. It also replays the log.
 
 import { Model } from "./model.js";
+import { opencodeEl, opencodeMeta, sessionDiffEl, sessionInfoEls } from "./opencode.js";
 import { localiseTimes, messageEl } from "./render.js";
 
 const $ = (id) => document.getElementById(id);
@@ -15,55 +16,82 @@ const transcript = $("transcript");
 
 // --- the view -------------------------------------------------------------------------
 
+/** The article of any message: opencode's markup, or the generic one. */
+function articleEl(message, key, context, open) {
+  if (opencodeMeta(message)) return opencodeEl(message, key, context, open);
+  return messageEl(message, key, open && open.calls);
+}
+
 /** Bring #transcript in line with `model`, touching only messages whose revision moved. */
 function reconcile(model, full) {
   const follow = window.innerHeight + window.scrollY >= document.documentElement.scrollHeight - 80;
   if (full) {
-    let node = transcript.firstElementChild;
-    for (const [id, message] of model.messages) {
-      const key = model.key(id);
-      if (node && node.dataset.id === String(id)) {
-        const next = node.nextElementSibling;
-        if (node.dataset.rev !== key) replace(node, message, key);
-        node = next;
-      } else {
-        transcript.insertBefore(messageEl(message, key), node);
-      }
-    }
-    while (node) {
-      const next = node.nextElementSibling;
-      node.remove();
-      node = next;
-    }
+    // The page may have shown another model (replay, live): redraw the headers too.
+    model.headerDirty = true;
+    model.sessionDirty = true;
+  }
+  if (full || model.reordered) {
+    arrange(model);
   } else {
     for (const id of model.dirty) {
       const message = model.messages.get(id);
       const node = transcript.querySelector(`article.msg[data-id="${CSS.escape(String(id))}"]`);
-      if (node) replace(node, message, model.key(id));
-      else transcript.append(messageEl(message, model.key(id)));
+      if (node) replace(node, message, model.key(id), model.context);
+      else transcript.append(articleEl(message, model.key(id), model.context));
     }
   }
   model.dirty.clear();
+  model.reordered = false;
   renderHeader(model);
   if (follow && !full) window.scrollTo(0, document.documentElement.scrollHeight);
 }
 
+/** Make #transcript hold exactly the model's articles in display order: existing articles
+ * are moved, not rebuilt, and re-rendered only when their revision moved. */
+function arrange(model) {
+  const nodes = new Map();
+  for (const node of transcript.children) nodes.set(node.dataset.id, node);
+  let cursor = transcript.firstElementChild;
+  for (const id of model.order()) {
+    const message = model.messages.get(id);
+    const key = model.key(id);
+    let node = nodes.get(String(id));
+    if (node) {
+      nodes.delete(String(id));
+      if (node.dataset.rev !== key) replace(node, message, key, model.context);
+    } else {
+      node = articleEl(message, key, model.context);
+    }
+    if (node === cursor) cursor = cursor.nextElementSibling;
+    else transcript.insertBefore(node, cursor);
+  }
+  for (const node of nodes.values()) node.remove();
+}
+
 /** Update an article in place: swapping the element itself would make the browser restyle
  * every other article of a long transcript, and streaming would drop frames. */
-function replace(node, message, key) {
-  const open = new Set([...node.querySelectorAll("details.tool[open]")].map((d) => d.dataset.call));
-  const fresh = messageEl(message, key, open);
+function replace(node, message, key, context) {
+  const open = {
+    calls: new Set([...node.querySelectorAll("details.tool[open]")].map((d) => d.dataset.call)),
+    fold: node.querySelector("details.oc-fold[open]") !== null,
+  };
+  const fresh = articleEl(message, key, context, open);
   if (node.className !== fresh.className) node.className = fresh.className;
   node.dataset.rev = key;
-  const [oldHeader, oldBody, ...oldTools] = node.children;
-  const [newHeader, newBody, ...newTools] = fresh.children;
-  if (!oldHeader.isEqualNode(newHeader)) oldHeader.replaceWith(newHeader);
-  if (oldBody.innerHTML !== newBody.innerHTML) oldBody.replaceWith(newBody);
-  newTools.forEach((tool, i) => {
-    if (i >= oldTools.length) node.append(tool);
-    else if (!oldTools[i].isEqualNode(tool)) oldTools[i].replaceWith(tool);
+  const old = [...node.children];
+  [...fresh.children].forEach((child, i) => {
+    if (i >= old.length) node.append(child);
+    else if (!same(old[i], child)) old[i].replaceWith(child);
   });
-  oldTools.slice(newTools.length).forEach((tool) => tool.remove());
+  old.slice(fresh.children.length).forEach((child) => child.remove());
+}
+
+/** A message body is compared by its markup, which is quicker than node by node. */
+function same(old, fresh) {
+  if (old.classList.contains("body") && fresh.classList.contains("body")) {
+    return old.innerHTML === fresh.innerHTML;
+  }
+  return old.isEqualNode(fresh);
 }
 
 function renderHeader(model) {
@@ -78,7 +106,34 @@ function renderHeader(model) {
   $("status").textContent = status;
   $("status").className = `status status-${status.replace(/[^a-z-]/gi, "")}`;
   $("seq").textContent = `${model.seq} events`;
+  renderSession(model);
   body.dataset.rendered = String(model.seq);
+}
+
+/** #session-info (models, totals) and #session-diff (changed files) of opencode sessions;
+ * what the reader expanded in the list of changes stays expanded. */
+function renderSession(model) {
+  if (!model.sessionDirty) return;
+  model.sessionDirty = false;
+  const info = $("session-info");
+  const freshInfo = info.cloneNode(false);
+  freshInfo.append(...sessionInfoEls(model.info, model.messages.values()));
+  freshInfo.hidden = !freshInfo.firstChild;
+  if (!info.isEqualNode(freshInfo)) info.replaceWith(freshInfo);
+
+  const diff = $("session-diff");
+  const shown = diff.querySelector("details.oc-diffs");
+  const open = shown && {
+    all: shown.open,
+    files: new Set(
+      [...shown.querySelectorAll("details.oc-diff-file[open] .oc-diff-name")].map((n) => n.textContent),
+    ),
+  };
+  const freshDiff = diff.cloneNode(false);
+  const list = sessionDiffEl(model.info, open);
+  if (list) freshDiff.append(list);
+  freshDiff.hidden = !list;
+  if (!diff.isEqualNode(freshDiff)) diff.replaceWith(freshDiff);
 }
 
 // Rendering waits for the next frame so a burst of tokens costs one layout; the timer

@@ -11,6 +11,9 @@ the same structure for messages that change after the first paint:
 
     <article class="msg role-ROLE" data-id=ID data-rev=GEN.N> header, .body, details.tool*
 
+Articles are shown in :func:`display_order`; opencode's messages and parts have their own
+markup (``opencode_view.py``, ``viewer/src/opencode.js``) in the same kind of article.
+
 Rendered markdown is cached by its source text: a page of a 10,000-event session is
 mostly messages that no longer change.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import html
+from collections.abc import Hashable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -107,6 +111,28 @@ def clock(ts: Any) -> tuple[str, str]:
     )
 
 
+def display_order(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` stably sorted by ``metadata.order``; a message without one takes the
+    key of the nearest preceding message that has one ("" before the first). Keys compare
+    by UTF-16 code units, as JavaScript compares strings, so the page's script puts a live
+    message exactly where a fresh load of the page would."""
+    inherited = b""
+    keyed: list[tuple[bytes, dict[str, Any]]] = []
+    for message in messages:
+        own = order_of(message)
+        if own is not None:
+            inherited = own.encode("utf-16-be", "surrogatepass")
+        keyed.append((inherited, message))
+    keyed.sort(key=lambda pair: pair[0])
+    return [message for _, message in keyed]
+
+
+def order_of(message: dict[str, Any]) -> str | None:
+    metadata = message.get("metadata")
+    order = metadata.get("order") if isinstance(metadata, dict) else None
+    return order if isinstance(order, str) else None
+
+
 def tool_state(result: dict[str, Any] | None) -> tuple[str, str]:
     """(css state, label) of a tool call from its result."""
     if result is None:
@@ -116,17 +142,41 @@ def tool_state(result: dict[str, Any] | None) -> tuple[str, str]:
     return "ok", "done"
 
 
+def call_key(value: Any) -> Hashable:
+    """A tool call's id as a key that matches a result's ``toolCallId`` as the client's Map
+    matches them: strings and numbers by value (True is not 1), an object or array never.
+    Ids inside a ``message`` event are not validated, and a dict is not hashable."""
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, int | float):
+        return ("number", float(value))
+    if value is None or isinstance(value, str):
+        return value
+    return object()
+
+
 def _dicts(items: Any) -> list[dict[str, Any]]:
     return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
 
 
-def tool_html(call: dict[str, Any] | None, result: dict[str, Any] | None) -> str:
+def tool_html(
+    call: dict[str, Any] | None,
+    result: dict[str, Any] | None,
+    *,
+    state: tuple[str, str] | None = None,
+    summary: str = "",
+    extra: str = "",
+) -> str:
+    """``details.tool`` of one call and its result. ``state`` overrides the (css state,
+    label) read from the result, ``summary`` is a one-line gist shown after the tool's
+    name, ``extra`` more of the tool-io markup after the output."""
     call_id = (call or {}).get("id") if call else (result or {}).get("toolCallId")
     name = str((call or {}).get("name") or "tool result")
-    state, label = tool_state(result)
+    css, label = state or tool_state(result)
+    gist = f'<span class="tool-summary">{html.escape(summary)}</span>' if summary else ""
     parts = [
-        f'<details class="tool state-{state}" data-call="{html.escape(str(call_id))}">',
-        f'<summary><span class="tool-name">{html.escape(name)}</span>',
+        f'<details class="tool state-{css}" data-call="{html.escape(str(call_id))}">',
+        f'<summary><span class="tool-name">{html.escape(name)}</span>{gist}',
         f'<span class="tool-state">{label}</span></summary><div class="tool-io">',
     ]
     if call is not None:
@@ -139,6 +189,7 @@ def tool_html(call: dict[str, Any] | None, result: dict[str, Any] | None) -> str
             output = result.get("error")
         parts.append(f'<div class="tool-label">{kind}</div>')
         parts.append(f'<pre class="tool-out">{html.escape(_text(output))}</pre>')
+    parts.append(extra)
     parts.append("</div></details>")
     return "".join(parts)
 
@@ -155,9 +206,9 @@ def message_html(message: dict[str, Any]) -> str:
         f'<div class="body md">{markdown(content) if isinstance(content, str) else ""}</div>',
     ]
     calls = _dicts(message.get("toolCalls"))
-    results = {r.get("toolCallId"): r for r in _dicts(message.get("toolResults"))}
+    results = {call_key(r.get("toolCallId")): r for r in _dicts(message.get("toolResults"))}
     for call in calls:
-        parts.append(tool_html(call, results.pop(call.get("id"), None)))
+        parts.append(tool_html(call, results.pop(call_key(call.get("id")), None)))
     for result in results.values():
         parts.append(tool_html(None, result))
     parts.append("</article>")

@@ -21,7 +21,13 @@ from starlette.responses import Response
 
 from agentsync.protocol import NotFound
 from agentsync.server.http import hub_of, readable_session
-from agentsync.server.web.render import clock, json_for_script, message_html
+from agentsync.server.web.opencode_view import (
+    Context,
+    article_html,
+    session_diff_html,
+    session_info_html,
+)
+from agentsync.server.web.render import clock, display_order, json_for_script
 from agentsync.store.base import ShareRecord
 
 CSP = (
@@ -83,6 +89,8 @@ def render_page(
     status = html.escape(str(snapshot["status"]))
     iso, _ = clock(share.created_at)
     names = ", ".join(html.escape(str(p.get("name"))) for p in participants)
+    session_info = session_info_html(info, snapshot["messages"])
+    session_diff = session_diff_html(info)
     head = (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
@@ -115,10 +123,17 @@ def render_page(
         " aria-label='timeline'>",
         "<span id='replay-position'>0 / 0</span>",
         "<button type='button' id='replay-exit'>Back to live</button>",
+        "</div>",
+        f"<div id='session-info' class='session-info'{'' if session_info else ' hidden'}>",
+        session_info,
         "</div></header>",
+        f"<section id='session-diff' class='session-diff'{'' if session_diff else ' hidden'}>",
+        session_diff,
+        "</section>",
         "<main id='transcript'>",
     ]
-    body.extend(message_html(message) for message in snapshot["messages"])
+    context = Context.of(info)
+    body.extend(article_html(m, context) for m in display_order(snapshot["messages"]))
     body.append("</main>")
     body.append(
         f"<script type='application/json' id='snapshot'>{json_for_script(snapshot)}</script>"
