@@ -17,6 +17,7 @@ from agentsync.hub import Hub
 from agentsync.metrics import Metrics
 from agentsync.protocol import CLOSE_GONE, Gone, InvalidEvent, NewEvent, parse_event
 from agentsync.store.sqlite import SQLiteStore
+from in_process import http_client, sse_first, ws_greeting
 from test_hub import attach, config, new_share
 
 
@@ -203,3 +204,66 @@ async def test_concurrent_batches_of_one_session_share_a_transaction(cluster: Cl
     seqs = [r.seqs[0] for r in results if not isinstance(r, BaseException)]
     assert seqs == list(range(1, 51))  # in the order they were submitted
     assert len(calls) < 10 and sum(calls) == 50
+
+
+# --- reading a write acknowledged by another node --------------------------------------
+
+
+@pytest.fixture
+async def two_nodes(cluster: Cluster) -> tuple[Hub, Hub, str]:
+    """Nodes a and b and a session both hold."""
+    a, b = await cluster.node(), await cluster.node()
+    sid = await new_share(a)
+    await a.get(sid)
+    await b.get(sid)
+    return a, b, sid
+
+
+async def unheard_write(nodes: tuple[Hub, Hub, str], count: int) -> int:
+    """Node a acknowledges ``count`` events that node b has not heard of (b lost its bus
+    subscription); a's last seq."""
+    a, b, sid = nodes
+    assert b.relay is not None and isinstance(b.relay.bus, LocalBus)
+    b.relay.bus.channels.clear()
+    before = b.sessions[sid].core.last_seq
+    result = await a.append(a.sessions[sid], [event(f"u{before + i}", i) for i in range(count)])
+    await asyncio.sleep(0.05)
+    assert b.sessions[sid].core.last_seq == before  # b is behind: the fix must not rely on it
+    return result.last_seq
+
+
+async def test_long_poll_on_another_node_reads_its_writers_seq(
+    two_nodes: tuple[Hub, Hub, str],
+) -> None:
+    _, b, sid = two_nodes
+    seq = await unheard_write(two_nodes, 5)
+    async with http_client(b) as http:
+        resp = await http.get(f"/v1/sessions/{sid}/events", params={"since": seq})
+        assert resp.status_code == 200, resp.text  # not 409 seq_ahead
+        assert resp.json()["events"] == [] and resp.json()["last_seq"] == seq
+        seq = await unheard_write(two_nodes, 2)
+        resp = await http.get(f"/v1/sessions/{sid}/events", params={"since": seq - 1})
+        assert resp.status_code == 200, resp.text
+        assert [e["seq"] for e in resp.json()["events"]] == [seq]
+        # Beyond what any node stored: still a conflict.
+        resp = await http.get(f"/v1/sessions/{sid}/events", params={"since": seq + 1})
+        assert resp.status_code == 409 and resp.json()["error"]["code"] == "seq_ahead"
+
+
+async def test_websocket_resume_on_another_node_reads_its_writers_seq(
+    two_nodes: tuple[Hub, Hub, str],
+) -> None:
+    _, b, sid = two_nodes
+    seq = await unheard_write(two_nodes, 3)
+    greeting = await ws_greeting(b, sid, {"op": "hello", "since": seq - 1, "epoch": "e"})
+    assert greeting["op"] == "events", greeting  # a catch-up, not a snapshot
+    assert [e["seq"] for e in greeting["events"]] == [seq] and greeting["seq"] == seq
+
+
+async def test_sse_resume_on_another_node_reads_its_writers_seq(
+    two_nodes: tuple[Hub, Hub, str],
+) -> None:
+    _, b, sid = two_nodes
+    seq = await unheard_write(two_nodes, 3)
+    first = await sse_first(b, sid, {"Last-Event-ID": str(seq - 1)})
+    assert [(kind, id) for kind, id, _ in first] == [("message", str(seq))]  # no init

@@ -17,22 +17,36 @@ Theory of operation (the guarantees of SPEC §2 hold across an archive and a res
   is kept: the log is the same log.
 * Restores are idempotent and race-free: the store restores only the object it recorded,
   once; a second node's restore of the same object finds the mark gone and does nothing.
+* Memory holds a page of the log, never the whole of it: archiving encodes the log into
+  a spooled temporary file (in memory while small, then on disk) a page at a time and
+  uploads it from there; a restore downloads the object the same way, checks it whole,
+  then reads it again as the store inserts it, in one transaction.
 * Deleting a share deletes the store rows first (it is gone at once, whatever the object
   store does), then every object of the session; an unreachable archive is retried in
-  the background.
+  the background. A share is deleted from its record: an archived log is not restored
+  to be deleted (``Hub.get_share``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import tempfile
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Sequence
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
-from agentsync.archive.base import Archive, ArchiveCorrupt, decode, encode, new_name, seq_of
+from agentsync.archive.base import (
+    Archive,
+    ArchiveCorrupt,
+    ArchiveReader,
+    ArchiveWriter,
+    new_name,
+    seq_of,
+)
 from agentsync.protocol import Event, Unavailable, now_ms
 from agentsync.session import SessionState
 from agentsync.store.base import SessionArchived, ShareRecord, Snapshot, Store
@@ -43,6 +57,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentsync.archive")
 
 READ_PAGE = 5000
+SPOOL_BYTES = 8 << 20  # an archive object is held in memory up to this size, then on disk
+COPY_CHUNK = 1 << 20
 SWEEP_LIMIT = 100  # sessions archived per sweep, at most
 DELETE_TIMEOUT = 10.0  # seconds a share's delete waits for the object store
 DELETE_RETRIES = 12  # background attempts after that, 2 s to ~1 h apart
@@ -114,34 +130,33 @@ class Archiver:
             return False
         snapshot = await self.store.load_snapshot(session_id)
         state = initial_state(share, snapshot)
-        lines: list[bytes] = []
-        while True:
-            page = await self.store.read_events(session_id, len(lines), READ_PAGE)
-            for event in page:
-                if event.seq != len(lines) + 1:
-                    raise Unavailable(f"session {session_id}: the stored log has a gap")
-                lines.append(event.encoded)
-                if event.seq > state.seq:
-                    state.apply(event)
-            if len(page) < READ_PAGE:
-                break
-        last_seq = len(lines)
-        if last_seq == 0 or state.seq != last_seq:
-            # Nothing worth archiving, or written meanwhile (a newer snapshot): later.
-            await self.store.touch_share(session_id, now_ms())
-            return False
-        name = new_name(last_seq)
-        blob = await asyncio.to_thread(
-            encode, session_id, share.epoch, share_fields(share), lines, state.to_json(share.epoch)
-        )
-        del lines
-        await self.archive.put(session_id, name, blob)
+        with (
+            tempfile.SpooledTemporaryFile(SPOOL_BYTES) as spool,
+            ArchiveWriter(spool, session_id, share.epoch, share_fields(share)) as writer,
+        ):
+            last_seq = 0
+            while True:
+                page = await self.store.read_events(session_id, last_seq, READ_PAGE)
+                for event in page:
+                    if event.seq != last_seq + 1:
+                        raise Unavailable(f"session {session_id}: the stored log has a gap")
+                    last_seq = event.seq
+                    if event.seq > state.seq:
+                        state.apply(event)
+                await asyncio.to_thread(writer.add, [e.encoded for e in page])
+                if len(page) < READ_PAGE:
+                    break
+            if last_seq == 0 or state.seq != last_seq:
+                # Nothing worth archiving, or written meanwhile (a newer snapshot): later.
+                await self.store.touch_share(session_id, now_ms())
+                return False
+            await asyncio.to_thread(writer.finish, state.to_json(share.epoch))
+            size, digest = await asyncio.to_thread(_measure, spool)
+            name = new_name(last_seq)
+            await self.archive.put_file(session_id, name, spool)
         verified = False
         try:
-            back = await self.archive.get(session_id, name)
-            if back != blob:
-                raise ArchiveCorrupt(f"object {name} of {session_id} reads back different")
-            await asyncio.to_thread(decode, back)
+            await self._verify(session_id, name, digest)
             verified = True
         finally:
             if not verified:
@@ -157,11 +172,19 @@ class Archiver:
             "archived session %s: %d events, %d bytes as %s in %.2fs",
             session_id,
             last_seq,
-            len(blob),
+            size,
             name,
             time.perf_counter() - started,
         )
         return True
+
+    async def _verify(self, session_id: str, name: str, digest: str) -> None:
+        """Read a new object back: the bytes put, and a whole log; else ArchiveCorrupt."""
+        with tempfile.SpooledTemporaryFile(SPOOL_BYTES) as back:
+            found = await self.archive.get_file(session_id, name, back)
+            if not found or (await asyncio.to_thread(_measure, back))[1] != digest:
+                raise ArchiveCorrupt(f"object {name} of {session_id} reads back different")
+            await asyncio.to_thread(_check, back)
 
     async def _discard(self, session_id: str, name: str) -> None:
         try:
@@ -198,20 +221,25 @@ class Archiver:
         if share is None or share.archive is None:
             return False
         name = share.archive
-        blob = await self.archive.get(session_id, name)
-        if blob is None:
-            log.error("archive object %s of session %s is missing", name, session_id)
-            raise Unavailable(f"the archive of session {session_id} cannot be read")
-        try:
-            archived = await asyncio.to_thread(decode, blob)
-            if archived.session_id != session_id or archived.last_seq != seq_of(name):
-                raise ArchiveCorrupt("the object holds another session or another log")
-        except (ArchiveCorrupt, ValueError) as exc:
-            log.error("archive object %s of session %s is unusable: %s", name, session_id, exc)
-            raise Unavailable(f"the archive of session {session_id} is damaged") from exc
-        snapshot = Snapshot(session_id, archived.last_seq, orjson.dumps(archived.snapshot))
-        if not await self.store.restore_session(session_id, name, archived.events, snapshot):
-            return False
+        with tempfile.SpooledTemporaryFile(SPOOL_BYTES) as spool:
+            if not await self.archive.get_file(session_id, name, spool):
+                log.error("archive object %s of session %s is missing", name, session_id)
+                raise Unavailable(f"the archive of session {session_id} cannot be read")
+            try:
+                # Checked whole before the store is touched; then read again, a page at a
+                # time, as the store inserts it.
+                archived = await asyncio.to_thread(_check, spool)
+                if archived.session_id != session_id or archived.last_seq != seq_of(name):
+                    raise ArchiveCorrupt("the object holds another session or another log")
+            except (ArchiveCorrupt, ValueError) as exc:
+                log.error("archive object %s of session %s is unusable: %s", name, session_id, exc)
+                raise Unavailable(f"the archive of session {session_id} is damaged") from exc
+            state = orjson.dumps(archived.snapshot)
+            snapshot = Snapshot(session_id, archived.last_seq, state)
+            with await asyncio.to_thread(_reopen, spool) as reader:
+                events = reader.events()
+                if not await self.store.restore_session(session_id, name, events, snapshot):
+                    return False
         self.hub.metrics.sessions_restored.inc()
         log.info(
             "restored session %s: %d events from %s in %.2fs",
@@ -250,6 +278,30 @@ class Archiver:
                 log.info("deleted the archive of %s", session_id)
                 return
         log.error("the archive of deleted share %s is left behind: delete it by hand", session_id)
+
+
+def _measure(spool: IO[bytes]) -> tuple[int, str]:
+    """The size and SHA-256 of a file's bytes, read a part at a time; rewound after."""
+    spool.seek(0)
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := spool.read(COPY_CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+    spool.seek(0)
+    return size, digest.hexdigest()
+
+
+def _check(spool: IO[bytes]) -> ArchiveReader:
+    """Read a whole archive object from a file, keeping nothing of the log; raises
+    ArchiveCorrupt. The reader's ``last_seq`` and ``snapshot`` are then set."""
+    with _reopen(spool) as reader:
+        return reader.check()
+
+
+def _reopen(spool: IO[bytes]) -> ArchiveReader:
+    spool.seek(0)
+    return ArchiveReader(spool)
 
 
 class RestoringStore:
@@ -338,6 +390,6 @@ class RestoringStore:
         return await self.inner.archive_session(session_id, last_seq, archive)
 
     async def restore_session(
-        self, session_id: str, archive: str, events: Sequence[Event], snapshot: Snapshot
+        self, session_id: str, archive: str, events: Iterable[Event], snapshot: Snapshot
     ) -> bool:
         return await self.inner.restore_session(session_id, archive, events, snapshot)

@@ -2,9 +2,10 @@
 
 The hub is where the I/O-free :mod:`agentsync.session` core meets the store and the
 connections. An append is prepared by the core (seqs assigned), stored durably, and only
-then committed and fanned out, in the order prepared. Fan-out encodes each batch once;
-readers that are parked and up to date get the frame written straight to their socket,
-the others are woken and coalesce what they missed into fewer frames.
+then committed and fanned out, in the order prepared (the write paths are in
+:mod:`agentsync.writes`). Fan-out encodes each batch once; readers that are parked and up
+to date get the frame written straight to their socket, the others are woken and coalesce
+what they missed into fewer frames.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import orjson
 
@@ -30,7 +31,6 @@ from agentsync.metrics import Metrics
 from agentsync.protocol import (
     CLOSE_GONE,
     CLOSE_SERVER_SHUTDOWN,
-    AgentsyncError,
     Event,
     Gone,
     NewEvent,
@@ -41,13 +41,12 @@ from agentsync.protocol import (
 from agentsync.redact import Redactor
 from agentsync.relay import Relay
 from agentsync.session import Backlog, Prepared, Reader, Session
-from agentsync.store.base import SeqConflict, ShareRecord, Snapshot, Store
+from agentsync.store.base import ShareRecord, Snapshot, Store
+from agentsync.writes import Writes, load_tail
 
 log = logging.getLogger("agentsync.hub")
 
-LOAD_PAGE = 5000
 GONE_MEMORY = 10_000
-CONFLICT_RETRIES = 20  # an append prepared again after another node took its seqs, at most
 
 
 class ReaderLink(Protocol):
@@ -88,10 +87,10 @@ class LiveSession:
     last_active: float = field(default_factory=time.monotonic)
     waiters: int = 0  # SSE and long-poll requests in progress
     gone: str | None = None  # why the share stopped serving (deleted / expired)
-    prepare_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # see Hub._append
+    prepare_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # see writes.py
     fanout_timer: asyncio.TimerHandle | None = None  # a scheduled fan-out round
-    fanout_next: float = 0.0  # loop time before which no round starts (see Hub._committed)
-    # Batches waiting for an exclusive append (with a bus; see Hub._store_exclusive).
+    fanout_next: float = 0.0  # loop time before which no round starts (see Hub.fan_out)
+    # Batches waiting for an exclusive append (with a bus; see writes.py).
     queued: list[tuple[Sequence[NewEvent], asyncio.Future[Prepared]]] = field(default_factory=list)
     # Named readers on other nodes: node id -> (monotonic expiry, participants).
     remote_participants: dict[str, tuple[float, list[dict[str, Any]]]] = field(default_factory=dict)
@@ -147,6 +146,7 @@ class Hub:
             config.max_connections_per_session, what="this session"
         )
         self.redactor = Redactor(enabled=config.redact)
+        self.writes = Writes(self)  # the write paths: prepare, store, commit (writes.py)
         self._tasks: set[asyncio.Task[Any]] = set()
         # Recently deleted or expired ids (the store keeps tombstones for good; this
         # closes the window while a delete commits).
@@ -254,14 +254,25 @@ class Hub:
         self.relay.loaded(session_id)
         return live
 
+    async def get_share(self, session_id: str) -> ShareRecord:
+        """The share's record, without loading its log (nor restoring an archived one):
+        enough to check a credential. Raises NotFound or Gone, as ``get`` does."""
+        if self.is_loaded_or_loading(session_id):
+            return (await self.get(session_id)).share
+        self._check_gone(session_id)
+        share = await self.store.get_share(session_id)
+        if share is None:
+            await self._missing(session_id)
+        if share.expires_at is not None and share.expires_at <= protocol.now_ms():
+            raise Gone(f"share {session_id} was expired")
+        return share
+
     async def _read_session(self, session_id: str) -> LiveSession:
         share = await self.store.get_share(session_id)
         if share is not None and share.archive is not None:
             share = await self._unarchive(share)
         if share is None:
-            if await self.store.is_tombstoned(session_id):
-                raise Gone(f"share {session_id} was deleted or has expired")
-            raise NotFound(f"no share with id {session_id}")
+            await self._missing(session_id)
         snap = await self.store.load_snapshot(session_id)
         state = initial_state(share, snap)
         core = Session(
@@ -271,11 +282,7 @@ class Hub:
             Backlog(self.config.backlog_events, self.config.backlog_bytes),
             all_ids_known=snap is None or snap.seq == 0,
         )
-        while True:
-            page = await self.store.read_events(session_id, core.last_seq, LOAD_PAGE)
-            core.load(page)
-            if len(page) < LOAD_PAGE:
-                break
+        await load_tail(self.store, session_id, core)
         self._check_gone(session_id)  # deleted while we were loading
         live = LiveSession(share, core, snapshot_seq=snap.seq if snap else 0)
         self.sessions[session_id] = live
@@ -294,6 +301,12 @@ class Hub:
             if again is None or again.archive is None:
                 return again
         raise Unavailable(f"session {share.id} is being archived; retry")
+
+    async def _missing(self, session_id: str) -> NoReturn:
+        """Raise for a share the store does not hold: Gone when it did once."""
+        if await self.store.is_tombstoned(session_id):
+            raise Gone(f"share {session_id} was deleted or has expired")
+        raise NotFound(f"no share with id {session_id}")
 
     def _check_gone(self, session_id: str) -> None:
         why = self._gone.get(session_id)
@@ -328,11 +341,7 @@ class Hub:
                 f"{self.config.max_session_events}; start a new share",
                 code="session_full",
             )
-        batch = self._redact(batch)
-        if self.relay is not None:
-            prepared = await self._store_exclusive(live, batch)
-        else:
-            prepared = await self._store_pipelined(live, batch)
+        prepared = await self.writes.store(live, self.writes.redact(batch))
         stored = len(prepared.new_events)
         self.metrics.events_in.inc(stored)
         if stored < len(batch):
@@ -343,158 +352,7 @@ class Hub:
             self.spawn(self._save_snapshot(live))
         return AppendResult(prepared.seqs, core.last_seq, core.epoch)
 
-    async def _store_pipelined(self, live: LiveSession, batch: Sequence[NewEvent]) -> Prepared:
-        """One node owns the session: batches are prepared in order and stored while the
-        next ones are prepared; commits follow in prepared order (``live.tail``)."""
-        core = live.core
-        # Batches are prepared in arrival order even when one must first ask the store
-        # about old event ids (a session loaded from a snapshot): a pipelined writer's
-        # second batch must never get seqs before its first. Uncontended, this lock
-        # costs no await.
-        async with live.prepare_lock:
-            unknown = core.unknown_ids(e.id for e in batch)
-            if unknown:
-                core.learn_ids(await self.store.find_event_ids(live.id, unknown))
-            if live.gone is not None:
-                raise Gone(f"share {live.id} was {live.gone}")
-            prepared = core.prepare(batch, self.config.max_event_bytes)
-        previous = live.tail
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        live.tail = done
-        try:
-            if prepared.new_events:
-                try:
-                    await self.store.append(live.id, prepared.new_events)
-                except Exception as exc:
-                    log.error("append to %s failed: %s", live.id, exc)
-                    # A conflict means memory and store disagree: reload from the store.
-                    if isinstance(exc, SeqConflict) or not core.abort(prepared):
-                        log.warning("reloading session %s from the store", live.id)
-                        await self.drop(live, None)
-                    raise Unavailable("the write could not be stored; retry it") from exc
-            if previous is not None:
-                try:
-                    await previous
-                except Exception as exc:
-                    # An earlier batch failed; this one may hold retries of its ids (their
-                    # seqs are void now) or was stored after it: start over from the store.
-                    if prepared.new_events or not core.abort(prepared):
-                        await self.drop(live, None)
-                    raise Unavailable("an earlier write failed; retry this one") from exc
-            if live.gone is None:
-                core.commit(prepared)
-                if prepared.new_events:
-                    self._committed(live)
-        except BaseException as exc:
-            failure = exc if isinstance(exc, Exception) else Unavailable("write cancelled")
-            done.set_exception(failure)
-            done.exception()  # retrieved: only a later batch of this session may care
-            raise
-        else:
-            done.set_result(None)
-        finally:
-            if live.tail is done:
-                live.tail = None
-        return prepared
-
-    async def _store_exclusive(self, live: LiveSession, batch: Sequence[NewEvent]) -> Prepared:
-        """Several nodes may write the session. Batches queue per session; whoever holds
-        ``prepare_lock`` stores every queued batch in one append (one transaction), so a
-        busy session still gets group commit. A seq another node took first (SeqConflict)
-        makes this node read what it missed from the store and prepare them again; ids
-        stored meanwhile through another node become duplicates with their original seqs,
-        as on one node."""
-        done: asyncio.Future[Prepared] = asyncio.get_running_loop().create_future()
-        live.queued.append((batch, done))
-        async with live.prepare_lock:
-            if not done.done():
-                await self._store_queued(live)
-        return done.result()
-
-    async def _store_queued(self, live: LiveSession) -> None:
-        assert self.relay is not None
-        core = live.core
-        group, live.queued = live.queued, []
-        for _ in range(CONFLICT_RETRIES):
-            unknown = core.unknown_ids(e.id for batch, _ in group for e in batch)
-            if unknown:
-                core.learn_ids(await self.store.find_event_ids(live.id, unknown))
-            if live.gone is not None:
-                _fail(group, Gone(f"share {live.id} was {live.gone}"))
-                return
-            prepared: list[tuple[Prepared, asyncio.Future[Prepared]]] = []
-            for batch, done in group:
-                try:
-                    prepared.append((core.prepare(batch, self.config.max_event_bytes), done))
-                except AgentsyncError as err:  # this batch is refused, the others go on
-                    done.set_exception(err)
-            group = [(batch, done) for batch, done in group if not done.done()]
-            events = [e for p, _ in prepared for e in p.new_events]
-            if events:
-                try:
-                    await self.store.append(live.id, events)
-                except SeqConflict:
-                    _abort_all(core, prepared)
-                    self.metrics.append_conflicts.inc()
-                    await self.catch_up_locked(live, [])
-                    continue
-                except Exception as exc:
-                    log.error("append to %s failed: %s", live.id, exc)
-                    if not _abort_all(core, prepared):
-                        await self.drop(live, None)
-                    _fail(group, Unavailable("the write could not be stored; retry it"))
-                    return
-            for p, _ in prepared:
-                core.commit(p)
-            if events:
-                self._committed(live)
-                self.relay.publish(live.id, events)
-            for p, done in prepared:
-                done.set_result(p)
-            return
-        _fail(group, Unavailable("the session is being written through other nodes; retry"))
-
-    async def catch_up_locked(self, live: LiveSession, events: Sequence[Event]) -> None:
-        """Apply events committed through other nodes (``live.prepare_lock`` held): from
-        ``events`` when they follow on, else from the store."""
-        core = live.core
-        fresh = [e for e in events if e.seq > core.last_seq]
-        if events and not fresh:
-            return
-        contiguous = bool(fresh) and all(
-            e.seq == core.last_seq + 1 + i for i, e in enumerate(fresh)
-        )
-        if contiguous:
-            core.load(fresh)
-        else:
-            self.metrics.bus_catch_ups.inc()
-            before = core.last_seq
-            while True:
-                page = await self.store.read_events(live.id, core.last_seq, LOAD_PAGE)
-                core.load(page)
-                if len(page) < LOAD_PAGE:
-                    break
-            if core.last_seq == before:
-                return
-        self._committed(live)
-
-    def _redact(self, batch: Sequence[NewEvent]) -> Sequence[NewEvent]:
-        """Mask credentials in the batch's content before it is stored (``--redact``)."""
-        if not self.redactor.enabled:
-            return batch
-        out: list[NewEvent] | None = None
-        for i, event in enumerate(batch):
-            data, found = self.redactor.redact_data(event.type, event.data)
-            if data is event.data:
-                continue
-            if out is None:
-                out = list(batch)
-            out[i] = NewEvent(event.id, event.type, event.ts, data)
-            for kind, count in found.items():
-                self.metrics.redactions.labels(kind).inc(count)
-        return batch if out is None else out
-
-    def _committed(self, live: LiveSession) -> None:
+    def fan_out(self, live: LiveSession) -> None:
         """New events are visible: wake pull readers, fan out to WebSocket readers.
 
         A round runs at once when the previous one ended long enough ago; otherwise it
@@ -556,6 +414,19 @@ class Hub:
             live.snapshotting = False
 
     # reading
+
+    async def catch_up_to(self, live: LiveSession, seq: int) -> LiveSession:
+        """``live``, holding seq ``seq`` if the store does.
+
+        Alone, a node holds every seq it acknowledged. With a bus, a reader may ask for a
+        seq that another node acknowledged before its bus message reached this one (a
+        client reading its own write through another node): the session is first caught
+        up from the store, so that only a seq beyond the stored log is refused.
+        """
+        if self.relay is None or seq <= live.core.last_seq:
+            return live
+        await self.relay.catch_up(live, [])
+        return await self.get(live.id)  # reloaded, should catching up have failed
 
     async def events_after(self, live: LiveSession, since: int, limit: int) -> list[Event]:
         """Committed events after ``since``: from memory when held, else from the store."""
@@ -729,14 +600,3 @@ def _wire_frame(core: Session, cursor: int, max_events: int) -> tuple[bytes, byt
         return None
     payload, end = frame
     return payload, protocol.ws_text_frame(payload), end
-
-
-def _abort_all(core: Session, prepared: list[tuple[Prepared, Any]]) -> bool:
-    """Undo prepared batches, newest first; False if one could not be undone."""
-    return all([core.abort(p) for p, _ in reversed(prepared)])
-
-
-def _fail(group: Sequence[tuple[Any, asyncio.Future[Prepared]]], err: Exception) -> None:
-    for _, done in group:
-        if not done.done():
-            done.set_exception(err)

@@ -173,7 +173,7 @@ class Relay:
             if hub.sessions.get(live.id) is not live:
                 return
             try:
-                await hub.catch_up_locked(live, events)
+                await hub.writes.catch_up_locked(live, events)
             except Exception:
                 log.exception("catching up %s from the store failed; reloading it", live.id)
                 await hub.drop(live, None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import io
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -80,6 +81,21 @@ async def test_large_blob(archive: Archive) -> None:
     blob = os.urandom(12 * 1024 * 1024 + 7)  # past S3's multipart thresholds
     await archive.put("big", "v9-a.jsonl.gz", blob)
     assert await archive.get("big", "v9-a.jsonl.gz") == blob
+
+
+async def test_files_stream_from_and_to_a_position(archive: Archive) -> None:
+    blob = os.urandom(3 * 1024 * 1024 + 11)  # several parts of any copy loop
+    source = io.BytesIO(b"skipped" + blob)
+    source.seek(len(b"skipped"))  # put from the file's position to its end
+    await archive.put_file("f", "v9-a.jsonl.gz", source)
+    assert await archive.get("f", "v9-a.jsonl.gz") == blob
+    sink = io.BytesIO(b"kept:")
+    sink.seek(0, io.SEEK_END)
+    assert await archive.get_file("f", "v9-a.jsonl.gz", sink)
+    assert sink.getvalue() == b"kept:" + blob
+    missing = io.BytesIO()
+    assert not await archive.get_file("f", "v1-none.jsonl.gz", missing)
+    assert missing.getvalue() == b""
 
 
 async def test_concurrent_puts(archive: Archive) -> None:

@@ -6,20 +6,27 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
+from agentsync import archiver as archiver_module
+from agentsync import protocol
 from agentsync.archive.base import Archive
 from agentsync.archive.local import LocalArchive
 from agentsync.archive.s3 import S3Archive
+from agentsync.auth import new_share_id
 from agentsync.bus.local import LocalBroker, LocalBus
 from agentsync.hub import Hub
 from agentsync.metrics import Metrics
-from agentsync.protocol import NewEvent, Unavailable, parse_event
+from agentsync.protocol import Event, NewEvent, Unavailable, parse_event
+from agentsync.store import postgres as postgres_module
 from agentsync.store.sqlite import SQLiteStore
 from conftest import service_missing
+from in_process import http_client
 from store.test_conformance import BACKENDS, Backend
 from test_hub import attach, config, new_share
 
@@ -69,8 +76,23 @@ class Setup:
         return hub
 
 
-@pytest.fixture(params=[("sqlite", "local"), ("postgres", "local"), ("sqlite", "s3")])
+LOCAL = [("sqlite", "local"), ("postgres", "local")]
+
+
+@pytest.fixture(params=[*LOCAL, ("sqlite", "s3")])
 async def setup(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Setup]:
+    async for chosen in _setup(request, tmp_path):
+        yield chosen
+
+
+@pytest.fixture(params=LOCAL)
+async def local_setup(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Setup]:
+    """Every store with a local archive: the S3 server of the tests runs in this process."""
+    async for chosen in _setup(request, tmp_path):
+        yield chosen
+
+
+async def _setup(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Setup]:
     store_name, archive_kind = request.param
     backend = BACKENDS[store_name]
     reason = await backend.missing() if backend.missing is not None else None
@@ -174,17 +196,131 @@ async def test_an_archive_put_that_loses_the_race_is_discarded(setup: Setup) -> 
         sid = await new_share(hub)
         live = await hub.get(sid)
         await hub.append(live, [status(1)])
-        put = archiver.archive.put
+        put_file = archiver.archive.put_file
 
-        async def slow_put(session_id: str, name: str, blob: bytes) -> None:
+        async def slow_put(session_id: str, name: str, source: IO[bytes]) -> None:
             await hub.append(live, [status(2)])  # a write lands while the object uploads
-            await put(session_id, name, blob)
+            await put_file(session_id, name, source)
 
-        archiver.archive.put = slow_put  # type: ignore[method-assign]
+        archiver.archive.put_file = slow_put  # type: ignore[method-assign]
         assert not await archiver.archive_session(sid)
         assert await archiver.archive.names(sid) == []
         assert [e.seq for e in await hub.store.read_events(sid, 0, 10)] == [1, 2]
         assert (await hub.store.get_share(sid)).archive is None  # type: ignore[union-attr]
+    finally:
+        await hub.stop()
+
+
+async def test_deleting_an_archived_share_does_not_restore_it(setup: Setup) -> None:
+    hub = await setup.hub()
+    assert hub.archiver is not None
+    archive = hub.archiver.archive
+    try:
+        sid = await new_share(hub)  # its secret is "s"
+        await hub.append(await hub.get(sid), [status(i) for i in range(5)])
+        await hub.evict_idle()
+        share = await hub.store.get_share(sid)
+        assert share is not None and share.archive is not None
+        reads: list[str] = []
+        get, get_file = archive.get, archive.get_file
+
+        async def counting_get(session_id: str, name: str) -> bytes | None:
+            reads.append(name)
+            return await get(session_id, name)
+
+        async def counting_get_file(session_id: str, name: str, sink: IO[bytes]) -> bool:
+            reads.append(name)
+            return await get_file(session_id, name, sink)
+
+        archive.get = counting_get  # type: ignore[method-assign]
+        archive.get_file = counting_get_file  # type: ignore[method-assign]
+        async with http_client(hub) as http:
+            wrong = await http.delete(f"/v1/shares/{sid}", headers={"Authorization": "Bearer x"})
+            assert wrong.status_code == 403, wrong.text
+            assert await archive.names(sid) == [share.archive]  # kept, still archived
+            resp = await http.delete(f"/v1/shares/{sid}", headers={"Authorization": "Bearer s"})
+            assert resp.status_code == 204, resp.text
+            assert reads == []  # the archive object was never read back
+            assert counter(hub.metrics.sessions_restored) == 0
+            assert sid not in hub.sessions
+            assert await archive.names(sid) == []
+            assert await setup.backend.leftovers(setup.tmp_path, sid) == {}
+            for resp in (
+                await http.get(f"/v1/sessions/{sid}"),
+                await http.delete(f"/v1/shares/{sid}", headers={"Authorization": "Bearer s"}),
+            ):
+                assert resp.status_code == 410, resp.text
+            resp = await http.delete(
+                f"/v1/shares/{new_share_id()}", headers={"Authorization": "Bearer s"}
+            )
+            assert resp.status_code == 404, resp.text
+    finally:
+        await hub.stop()
+
+
+async def test_the_expiry_sweep_deletes_an_archived_share_without_restoring_it(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub = await setup.hub()
+    assert hub.archiver is not None
+    archive = hub.archiver.archive
+    try:
+        expires_at = protocol.now_ms() + 3_600_000
+        sid = await new_share(hub, expires_at=expires_at)
+        await hub.append(await hub.get(sid), [status(1)])
+        await hub.evict_idle()
+        assert len(await archive.names(sid)) == 1
+
+        async def no_get(*args: object) -> bool:
+            raise AssertionError("an expired share's archive was read")
+
+        archive.get = archive.get_file = no_get  # type: ignore[method-assign,assignment]
+        monkeypatch.setattr(protocol, "now_ms", lambda: expires_at + 1)
+        assert await hub.sweep_expired() == 1
+        assert await archive.names(sid) == []
+        assert await setup.backend.leftovers(setup.tmp_path, sid) == {}
+        assert await hub.store.is_tombstoned(sid)
+    finally:
+        await hub.stop()
+
+
+async def test_archiving_and_restoring_hold_a_page_not_the_log(
+    local_setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    setup = local_setup  # the S3 server's objects would count: it runs in this process
+    # Small pages, so that the log is a hundred of them; peaks then show whether memory
+    # follows the page or the log.
+    monkeypatch.setattr(archiver_module, "READ_PAGE", 200)
+    monkeypatch.setattr(archiver_module, "SPOOL_BYTES", 256 * 1024)
+    monkeypatch.setattr(postgres_module, "RESTORE_PAGE", 200)
+    hub = await setup.hub()
+    assert hub.archiver is not None
+    try:
+        sid = await new_share(hub)
+        count, size = 20_000, 0
+        for first in range(1, count + 1, 2000):
+            page = [
+                Event.make(seq, NewEvent(f"e{seq}", "status", seq, {"status": f"{seq:08}" * 100}))
+                for seq in range(first, first + 2000)
+            ]
+            size += sum(len(e.encoded) for e in page)
+            await hub.store.append(sid, page)
+        tracemalloc.start()
+        try:
+            assert await hub.archiver.archive_session(sid)
+            archiving = tracemalloc.get_traced_memory()[1]
+            tracemalloc.reset_peak()
+            assert await hub.archiver.restore(sid)
+            restoring = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        # Holding the log (as encoded lines, or decoded) would take several times its size.
+        assert archiving < size / 4 and restoring < size / 4, (archiving, restoring, size)
+        assert await hub.store.last_seq(sid) == count
+        back = await hub.store.read_events(sid, count - 1, 10)
+        assert [(e.seq, e.id, e.data) for e in back] == [
+            (count, f"e{count}", {"status": f"{count:08}" * 100})
+        ]
     finally:
         await hub.stop()
 

@@ -11,10 +11,13 @@ Callers rely on this contract, whatever the backend:
   nothing or every byte, never a part (local: temp file, fsync, rename, fsync of the
   directory; S3: one PUT).
 * ``get`` returns the bytes last put under that name, or None when there is no object.
+* ``put_file`` and ``get_file`` are ``put`` and ``get`` for objects too large to hold in
+  memory: the bytes go from and to a file, a part at a time.
 * ``delete`` and ``delete_session`` succeed when there is nothing to delete.
 * Errors of the backend (unreachable, denied) raise; a missing object is not an error.
 
-The format of one object (``encode``/``decode``): gzip of JSON lines,
+The format of one object (``ArchiveWriter``/``ArchiveReader``, which stream it in bounded
+memory; ``encode``/``decode`` for a log held in memory): gzip of JSON lines,
 
     {"format": "agentsync-archive/1", "session_id", "epoch", "share": {...}}   header
     {"seq": 1, "id": ..., "type": ..., "ts": ..., "data": {...}}               each event,
@@ -23,19 +26,20 @@ The format of one object (``encode``/``decode``): gzip of JSON lines,
 
 The whole log is kept, not only the snapshot: event ids must answer retries with their
 original seqs after a restore (SPEC §2.3). ``sha256`` covers the event lines; with the
-count, the dense seqs and gzip's own CRC, ``decode`` refuses a truncated or altered object.
+count, the dense seqs and gzip's own CRC, the reader refuses a truncated or altered object.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import re
 import secrets
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import IO, Any, Final, Protocol
 
 import orjson
 
@@ -64,6 +68,14 @@ class Archive(Protocol):
 
     async def get(self, session_id: str, name: str) -> bytes | None:
         """The object's bytes, or None when it does not exist."""
+
+    async def put_file(self, session_id: str, name: str, source: IO[bytes]) -> None:
+        """``put`` the bytes of ``source`` from its position to its end, read a part at
+        a time: an object of any size in bounded memory."""
+
+    async def get_file(self, session_id: str, name: str, sink: IO[bytes]) -> bool:
+        """Write the object's bytes to ``sink``, a part at a time; False, with nothing
+        written, when the object does not exist."""
 
     async def delete(self, session_id: str, name: str) -> None:
         """Remove one object; no error when it does not exist."""
@@ -111,6 +123,156 @@ class Archived:
         return self.events[-1].seq if self.events else 0
 
 
+class ArchiveWriter:
+    """Writes one archive object to ``out``, a page of events at a time: memory stays
+    bounded by what one call to ``add`` holds, however long the log.
+
+    CPU-bound (gzip): call it from a thread for large logs. ``out`` is left open.
+    """
+
+    def __init__(
+        self, out: IO[bytes], session_id: str, epoch: str, share: dict[str, Any]
+    ) -> None:
+        self._gzip = gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=0)
+        self._digest = hashlib.sha256()
+        self._count = 0
+        self._last_line = b""
+        header = {"format": FORMAT, "session_id": session_id, "epoch": epoch, "share": share}
+        self._gzip.write(orjson.dumps(header) + b"\n")
+
+    def add(self, lines: Iterable[bytes]) -> None:
+        """Append events given as encoded envelopes, in seq order."""
+        for line in lines:
+            self._digest.update(line)
+            self._digest.update(b"\n")
+            self._gzip.write(line + b"\n")
+            self._count += 1
+            self._last_line = line
+
+    def finish(self, snapshot: dict[str, Any]) -> None:
+        """Write the trailer (with ``snapshot``, the state at the last seq) and end the
+        gzip stream."""
+        last_seq = int(orjson.loads(self._last_line)["seq"]) if self._count else 0
+        trailer = {
+            "end": True,
+            "last_seq": last_seq,
+            "count": self._count,
+            "sha256": self._digest.hexdigest(),
+            "snapshot": snapshot,
+        }
+        self._gzip.write(orjson.dumps(trailer) + b"\n")
+        self._gzip.close()
+
+    def close(self) -> None:
+        """End the gzip stream, finished or not (an unfinished object has no trailer)."""
+        self._gzip.close()
+
+    def __enter__(self) -> ArchiveWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ArchiveReader:
+    """Reads one archive object from ``source`` event by event, checking it as it goes:
+    memory stays bounded by one event, however long the log.
+
+    The header is read (and checked) on construction; ``events`` yields the log, and only
+    once it has been read to its end with no ArchiveCorrupt raised is the object known
+    to be whole, with ``last_seq`` and ``snapshot`` set. CPU-bound (gzip), like the writer.
+    """
+
+    def __init__(self, source: IO[bytes]) -> None:
+        self._gzip = gzip.GzipFile(fileobj=source, mode="rb")
+        try:
+            self._read_header()
+        except BaseException:
+            self._gzip.close()
+            raise
+        self.last_seq = 0
+        self.snapshot: dict[str, Any] | None = None
+
+    def _read_header(self) -> None:
+        header = self._json(self._line(), "the header")
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            raise ArchiveCorrupt(f"unknown format: {str(header)[:100]}")
+        if not all(key in header for key in ("session_id", "epoch", "share")):
+            raise ArchiveCorrupt("the header does not name the session")
+        self.session_id = str(header["session_id"])
+        self.epoch = str(header["epoch"])
+        self.share: dict[str, Any] = header["share"]
+
+    def events(self) -> Iterator[Event]:
+        """The log in seq order; raises ArchiveCorrupt (at the latest once the last event
+        was yielded) unless the object is whole."""
+        digest = hashlib.sha256()
+        line = self._line()
+        seq = 0
+        while True:
+            following = self._line()
+            if not following:  # ``line`` was the last: the trailer
+                break
+            seq += 1
+            digest.update(line[:-1])
+            digest.update(b"\n")
+            try:
+                obj = orjson.loads(line)
+                if obj["seq"] != seq:
+                    raise ArchiveCorrupt(f"event {seq} has seq {obj['seq']}: the log has a gap")
+                yield Event(seq, obj["id"], obj["type"], obj["ts"], obj["data"], line[:-1])
+            except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+                raise ArchiveCorrupt(f"an event line does not parse: {exc!r}") from exc
+            line = following
+        trailer = self._json(line, "the trailer")
+        if not isinstance(trailer, dict) or trailer.get("end") is not True:
+            raise ArchiveCorrupt("truncated: the last line is not the trailer")
+        if trailer.get("count") != seq or trailer.get("last_seq") != seq:
+            raise ArchiveCorrupt(
+                f"the trailer announces {trailer.get('count')} events, the object holds {seq}"
+            )
+        if trailer.get("sha256") != digest.hexdigest():
+            raise ArchiveCorrupt("checksum mismatch: the event lines were altered")
+        snapshot = trailer.get("snapshot")
+        if not isinstance(snapshot, dict) or snapshot.get("seq") != seq:
+            raise ArchiveCorrupt("the snapshot is missing or not at the last seq")
+        self.last_seq, self.snapshot = seq, snapshot
+
+    def check(self) -> ArchiveReader:
+        """Read the whole object, keeping nothing of the log; raises ArchiveCorrupt."""
+        for _ in self.events():
+            pass
+        return self
+
+    def close(self) -> None:
+        self._gzip.close()
+
+    def __enter__(self) -> ArchiveReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _line(self) -> bytes:
+        """The next line with its newline, b"" at the end of the stream."""
+        try:
+            line = self._gzip.readline()
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ArchiveCorrupt(f"not a whole gzip stream: {exc}") from exc
+        if line and not line.endswith(b"\n"):
+            raise ArchiveCorrupt("truncated: the last line does not end")
+        return line
+
+    @staticmethod
+    def _json(line: bytes, what: str) -> Any:
+        if not line:
+            raise ArchiveCorrupt(f"truncated: no {what}")
+        try:
+            return orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise ArchiveCorrupt(f"{what} is not JSON: {exc}") from exc
+
+
 def encode(
     session_id: str,
     epoch: str,
@@ -122,63 +284,16 @@ def encode(
 
     CPU-bound (gzip): call it from a thread for large logs.
     """
-    digest = hashlib.sha256()
-    for line in lines:
-        digest.update(line)
-        digest.update(b"\n")
-    last_seq = int(orjson.loads(lines[-1])["seq"]) if lines else 0
-    header = {"format": FORMAT, "session_id": session_id, "epoch": epoch, "share": share}
-    trailer = {
-        "end": True,
-        "last_seq": last_seq,
-        "count": len(lines),
-        "sha256": digest.hexdigest(),
-        "snapshot": snapshot,
-    }
-    body = b"\n".join([orjson.dumps(header), *lines, orjson.dumps(trailer)]) + b"\n"
-    return gzip.compress(body, compresslevel=6, mtime=0)
+    out = io.BytesIO()
+    with ArchiveWriter(out, session_id, epoch, share) as writer:
+        writer.add(lines)
+        writer.finish(snapshot)
+    return out.getvalue()
 
 
 def decode(blob: bytes) -> Archived:
     """Parse and check an archive object; raises ArchiveCorrupt unless it is whole."""
-    try:
-        body = gzip.decompress(blob)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise ArchiveCorrupt(f"not a whole gzip stream: {exc}") from exc
-    lines = body.split(b"\n")
-    if len(lines) < 3 or lines[-1] != b"":
-        raise ArchiveCorrupt("truncated: no header or no trailer")
-    try:
-        header = orjson.loads(lines[0])
-        trailer = orjson.loads(lines[-2])
-    except orjson.JSONDecodeError as exc:
-        raise ArchiveCorrupt(f"header or trailer is not JSON: {exc}") from exc
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise ArchiveCorrupt(f"unknown format: {str(header)[:100]}")
-    if not isinstance(trailer, dict) or trailer.get("end") is not True:
-        raise ArchiveCorrupt("truncated: the last line is not the trailer")
-    event_lines = lines[1:-2]
-    digest = hashlib.sha256()
-    events: list[Event] = []
-    try:
-        for seq, line in enumerate(event_lines, start=1):
-            digest.update(line)
-            digest.update(b"\n")
-            obj = orjson.loads(line)
-            if obj["seq"] != seq:
-                raise ArchiveCorrupt(f"event {seq} has seq {obj['seq']}: the log has a gap")
-            events.append(Event(seq, obj["id"], obj["type"], obj["ts"], obj["data"], line))
-    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ArchiveCorrupt(f"an event line does not parse: {exc!r}") from exc
-    if trailer.get("count") != len(events) or trailer.get("last_seq") != len(events):
-        raise ArchiveCorrupt(
-            f"the trailer announces {trailer.get('count')} events, the object holds {len(events)}"
-        )
-    if trailer.get("sha256") != digest.hexdigest():
-        raise ArchiveCorrupt("checksum mismatch: the event lines were altered")
-    snapshot = trailer.get("snapshot")
-    if not isinstance(snapshot, dict) or snapshot.get("seq") != len(events):
-        raise ArchiveCorrupt("the snapshot is missing or not at the last seq")
-    return Archived(
-        str(header["session_id"]), str(header["epoch"]), header["share"], events, snapshot
-    )
+    with ArchiveReader(io.BytesIO(blob)) as reader:
+        events = list(reader.events())
+    assert reader.snapshot is not None  # set once the events were read without error
+    return Archived(reader.session_id, reader.epoch, reader.share, events, reader.snapshot)

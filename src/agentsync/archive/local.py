@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import secrets
+import shutil
 from pathlib import Path
+from typing import IO
 
 from agentsync.archive.base import check_key
 from agentsync.protocol import Unavailable
 
 TEMP_PREFIX = ".tmp-"
+COPY_CHUNK = 1 << 20
 
 
 def _fsync_dir(path: Path) -> None:
@@ -54,16 +58,19 @@ class LocalArchive:
     # -- the protocol -------------------------------------------------------------------
 
     async def put(self, session_id: str, name: str, blob: bytes) -> None:
-        await asyncio.to_thread(self._put, self._dir(session_id), check_key(name), blob)
+        await self.put_file(session_id, name, io.BytesIO(blob))
 
-    def _put(self, folder: Path, name: str, blob: bytes) -> None:
+    async def put_file(self, session_id: str, name: str, source: IO[bytes]) -> None:
+        await asyncio.to_thread(self._put, self._dir(session_id), check_key(name), source)
+
+    def _put(self, folder: Path, name: str, source: IO[bytes]) -> None:
         created = not folder.is_dir()
         if created:
             folder.mkdir(parents=True, exist_ok=True)
         temp = folder / f"{TEMP_PREFIX}{secrets.token_hex(8)}-{name}"
         try:
             with open(temp, "wb") as fh:
-                fh.write(blob)
+                shutil.copyfileobj(source, fh, COPY_CHUNK)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(temp, folder / name)
@@ -76,13 +83,19 @@ class LocalArchive:
             _fsync_dir(self.root)
 
     async def get(self, session_id: str, name: str) -> bytes | None:
+        sink = io.BytesIO()
+        return sink.getvalue() if await self.get_file(session_id, name, sink) else None
+
+    async def get_file(self, session_id: str, name: str, sink: IO[bytes]) -> bool:
         path = self._dir(session_id) / check_key(name)
 
-        def read() -> bytes | None:
+        def read() -> bool:
             try:
-                return path.read_bytes()
-            except FileNotFoundError:
-                return None
+                with open(path, "rb") as fh:
+                    shutil.copyfileobj(fh, sink, COPY_CHUNK)
+            except FileNotFoundError:  # from open: nothing was written
+                return False
+            return True
 
         return await asyncio.to_thread(read)
 

@@ -12,7 +12,8 @@ never waits for the network. A PUT is atomic and, once answered 200, durable: th
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+import io
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 import boto3
@@ -29,6 +30,7 @@ CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 60.0
 DELETE_BATCH = 1000  # the most keys one DeleteObjects request takes
 MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
+COPY_CHUNK = 1 << 20
 
 
 class S3Archive:
@@ -119,31 +121,41 @@ class S3Archive:
     # -- the protocol -------------------------------------------------------------------
 
     async def put(self, session_id: str, name: str, blob: bytes) -> None:
+        await self.put_file(session_id, name, io.BytesIO(blob))
+
+    async def put_file(self, session_id: str, name: str, source: IO[bytes]) -> None:
         key = self._key(session_id, name)
+        # One PUT, whatever the size (up to S3's 5 GB): botocore streams a file body.
         await self._call(
             lambda c: c.put_object(
-                Bucket=self.bucket, Key=key, Body=blob, ContentType="application/gzip"
+                Bucket=self.bucket, Key=key, Body=source, ContentType="application/gzip"
             )
         )
 
     async def get(self, session_id: str, name: str) -> bytes | None:
+        sink = io.BytesIO()
+        return sink.getvalue() if await self.get_file(session_id, name, sink) else None
+
+    async def get_file(self, session_id: str, name: str, sink: IO[bytes]) -> bool:
         key = self._key(session_id, name)
 
-        def read(client: S3Client) -> bytes | None:
+        def read(client: S3Client) -> bool:
             try:
                 response = client.get_object(Bucket=self.bucket, Key=key)
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") in MISSING:
-                    return None
+                    return False
                 raise
             body = response["Body"]
             try:
-                return body.read()
+                for chunk in body.iter_chunks(COPY_CHUNK):
+                    sink.write(chunk)
             finally:
                 body.close()
+            return True
 
-        result: bytes | None = await self._call(read)
-        return result
+        found: bool = await self._call(read)
+        return found
 
     async def delete(self, session_id: str, name: str) -> None:
         key = self._key(session_id, name)

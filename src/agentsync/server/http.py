@@ -227,10 +227,12 @@ def share_created(hub: Hub, share: ShareRecord, secret: str, token: str | None) 
 
 async def delete_share(request: Request) -> Response:
     hub = hub_of(request)
-    live = await hub.get(request.path_params["session_id"])
-    auth.require_secret(auth.bearer(request.headers.get("authorization")), live.share.secret_hash)
-    await hub.delete(live.id)
-    log.info("share %s deleted by its owner", live.id)
+    # The share's record holds the secret's hash: an archived log is deleted where it
+    # lies, never restored first.
+    share = await hub.get_share(request.path_params["session_id"])
+    auth.require_secret(auth.bearer(request.headers.get("authorization")), share.secret_hash)
+    await hub.delete(share.id)
+    log.info("share %s deleted by its owner", share.id)
     return Response(status_code=204)
 
 
@@ -261,6 +263,7 @@ async def list_events(request: Request) -> Response:
             f"epoch {epoch!r} is not the log's epoch {live.core.epoch!r}: re-read the snapshot",
             code="epoch_changed",
         )
+    live = await hub.catch_up_to(live, since)
     if since > live.core.last_seq:
         raise Conflict(
             f"since={since} is beyond the log (last seq {live.core.last_seq})", code="seq_ahead"
@@ -298,6 +301,8 @@ async def stream_events(request: Request) -> Response:
             raise BadRequest("Last-Event-ID must be a seq") from None
     elif request.query_params.get("since") not in (None, ""):
         since = _int_param(request, "since", 0, 0, 2**53)
+    if since is not None:
+        live = await hub.catch_up_to(live, since)
     plan = live.core.plan_resume(request.query_params.get("epoch"), since)
     counter = hub.readers_per_session
     if counter.limit and counter.count(live.id) >= counter.limit:

@@ -37,18 +37,19 @@ from agentsync.server.http import (
     read_json_object,
     readable_session,
 )
+from agentsync.store.base import ShareRecord
 
 log = logging.getLogger("agentsync.opencode")
 
 _sync_locks: weakref.WeakKeyDictionary[LiveSession, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
-def _require_secret(body: dict[str, Any], live: LiveSession) -> None:
+def _require_secret(body: dict[str, Any], share: ShareRecord) -> None:
     """opencode sends the secret in the body: 401 without it, 403 when it is wrong."""
     secret = body.get("secret")
     if not isinstance(secret, str) or not secret:
         raise Unauthorized('this needs the share\'s secret in the body: {"secret": "..."}')
-    if not auth.matches(secret, live.share.secret_hash):
+    if not auth.matches(secret, share.secret_hash):
         raise Forbidden("the secret does not match this share")
 
 
@@ -70,7 +71,7 @@ async def sync(request: Request) -> Response:
     hub = hub_of(request)
     live = await hub.get(request.path_params["session_id"])
     body = await read_json_object(request)
-    _require_secret(body, live)
+    _require_secret(body, live.share)
     items = opencode.parse_items(body.get("data"), max_items=hub.config.max_batch)
     if hub.redactor.enabled:
         # Compare redacted with redacted: the state holds what was stored.
@@ -107,10 +108,11 @@ async def delete_share(request: Request) -> Response:
     hub = hub_of(request)
     body = await read_json_object(request, optional=True)
     try:
-        live = await hub.get(request.path_params["session_id"])
+        # The record only: unsharing an archived share does not restore it first.
+        share = await hub.get_share(request.path_params["session_id"])
     except Gone:
         return Response(status_code=204)
-    _require_secret(body, live)
-    await hub.delete(live.id)
-    log.info("share %s deleted by opencode (unshare)", live.id)
+    _require_secret(body, share)
+    await hub.delete(share.id)
+    log.info("share %s deleted by opencode (unshare)", share.id)
     return Response(status_code=204)

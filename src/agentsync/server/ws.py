@@ -208,6 +208,8 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         token = token or bearer(websocket.headers.get("authorization"))
         live = await hub.get(session_id)
         authorize_read(live.share, token)
+        if since is not None:
+            live = await hub.catch_up_to(live, since)
     except AgentsyncError as err:
         await _close(websocket, err.close_code, err.message)
         return

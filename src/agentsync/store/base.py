@@ -13,7 +13,7 @@ whatever the backend:
 * ``read_events`` returns events in seq order with no gap.
 * ``delete_share`` removes the share, its log and its snapshots, and leaves a tombstone so
   that later requests can answer 410 rather than 404.
-* Archiving (archive/base.py, hub_archive.py): ``archive_session`` swaps a session's log and
+* Archiving (archive/base.py, archiver.py): ``archive_session`` swaps a session's log and
   snapshots for the name of an archive object, atomically and only if the log still ends
   where the caller archived it; ``restore_session`` swaps them back. While a share is
   archived its log reads empty and every append raises :class:`SessionArchived` (a
@@ -22,11 +22,21 @@ whatever the backend:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from agentsync.protocol import Event
+
+T = TypeVar("T")
+
+
+def tombstone_key(share_id: str) -> str:
+    """What a tombstone keeps of a deleted share: a one-way hash of its id, enough to
+    answer 410 for the link and refuse reuse of the id, and nothing readable."""
+    return hashlib.sha256(share_id.encode()).hexdigest()
 
 
 class SeqConflict(Exception):
@@ -35,6 +45,22 @@ class SeqConflict(Exception):
 
 class SessionArchived(SeqConflict):
     """The session's log is in the archive: restore it, then append again."""
+
+
+def restored_log(session_id: str, events: Iterable[Event]) -> Iterator[Event]:
+    """``events`` as they pass, checked to be the seqs 1, 2, 3 ... of a whole log
+    (``restore_session``); raises SeqConflict at the first that is not."""
+    for seq, event in enumerate(events, start=1):
+        if event.seq != seq:
+            raise SeqConflict(f"session {session_id}: a restored log must be dense from 1")
+        yield event
+
+
+def pages(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last one shorter)."""
+    iterator = iter(items)
+    while page := list(itertools.islice(iterator, size)):
+        yield page
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +128,15 @@ class Store(Protocol):
         is not archived, and its log ends at ``last_seq``."""
 
     async def restore_session(
-        self, session_id: str, archive: str, events: Sequence[Event], snapshot: Snapshot
+        self, session_id: str, archive: str, events: Iterable[Event], snapshot: Snapshot
     ) -> bool:
         """Atomically put back the log ``events`` (seqs 1..N) and ``snapshot`` of a share
         archived as ``archive`` and clear the mark; False (and change nothing) when the
-        share is gone or not archived as ``archive`` (restored already: idempotent)."""
+        share is gone or not archived as ``archive`` (restored already: idempotent).
+
+        ``events`` is read once, as it is inserted, and only after the mark was checked:
+        a generator restores a log of any length in bounded memory. Should it raise, or
+        not be dense from seq 1 (SeqConflict), nothing is changed and the error raised."""
 
     # the log
     async def append(self, session_id: str, events: Sequence[Event]) -> None:

@@ -2,27 +2,13 @@
 
 Theory of operation:
 
-* One writer task owns one write connection and drains a FIFO queue of write jobs. The
-  jobs queued while the previous transaction was committing form the next transaction
-  (group commit), so N concurrent appends cost one COMMIT, one WAL flush, not N. A
-  caller's future is resolved only after COMMIT has returned: an acknowledged append is
-  durable (flushed to the WAL; ``synchronous_commit`` is turned back on should the server
-  default to ``off``).
-* Jobs run in the order they were queued, so appends to one session commit in submission
-  order across transactions, and a delete queued after an append removes it.
-* Several nodes may share the database. A transaction first takes an advisory lock on
-  every session it touches, all in one statement and in one sorted order (two nodes never
-  deadlock), then reads those sessions' last seqs and tombstones in one query. Until it
-  commits, no other node can append to or delete those sessions, so the seq checks made
-  from that read hold; the primary key (session_id, seq) and the unique (session_id,
-  event_id) still have the last word. A session that was deleted refuses every append,
-  whichever node it comes from.
-* The appends of a transaction are inserted with one statement (arrays unnested
-  server-side, or COPY for thousands of rows), not one per event or per append. Should
-  that statement fail (an event id the session already holds), the transaction is
-  rolled back and run again job by job, each inside its own SAVEPOINT, so that only the
-  offending append fails. Other writes (shares, snapshots, deletes) always run in their
-  own SAVEPOINT.
+* Writes go through one writer task with one connection of its own, which commits the
+  jobs queued meanwhile as one transaction (group commit) and serializes each session's
+  writes across nodes with advisory locks: see :mod:`agentsync.store.postgres_writer`.
+  An acknowledged append is durable, and appends to one session commit in call order.
+* Several nodes may share the database. A session that was deleted refuses every
+  append, whichever node it comes from; one that is archived refuses them too
+  (SessionArchived), until it is restored.
 * Reads use a connection pool and nothing is cached, so every node sees every commit.
 * Deletion removes every row of a share and leaves a tombstone keyed by a hash of its id.
   PostgreSQL keeps the bytes of deleted rows in its table files until VACUUM reuses the
@@ -33,45 +19,42 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
-import hashlib
-import logging
 import re
-from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Final, Generic, TypeAlias, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Final, TypeAlias, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
-import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 from agentsync.protocol import Conflict, Event, Unavailable, now_ms
-from agentsync.store.base import SeqConflict, SessionArchived, ShareRecord, Snapshot
-from agentsync.store.sqlite import tombstone_key
+from agentsync.store.base import (
+    SeqConflict,
+    ShareRecord,
+    Snapshot,
+    pages,
+    restored_log,
+    tombstone_key,
+)
+from agentsync.store.postgres_writer import (
+    ARCHIVED,
+    CLOSE_TIMEOUT,
+    CONNECT_TIMEOUT,
+    MAX_BYTES_PER_TRANSACTION,
+    Conn,
+    GroupWriter,
+    Rows,
+    lock_key,
+    unavailable,
+)
 
 T = TypeVar("T")
-Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
 PoolConn: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
-
-log = logging.getLogger("agentsync.store.postgres")
 
 URL_SCHEMES: Final = frozenset({"postgresql", "postgres"})
 SCHEMA_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-MAX_JOBS_PER_TRANSACTION: Final = 1000
-# Each advisory lock takes a slot of the server's shared lock table (sized by
-# max_locks_per_transaction x max_connections, 6400 by default) until COMMIT.
-MAX_SESSIONS_PER_TRANSACTION: Final = 256
-MAX_EVENTS_PER_TRANSACTION: Final = 20_000
-MAX_BYTES_PER_TRANSACTION: Final = 32 * 1024 * 1024
-COPY_THRESHOLD: Final = 1000  # rows from which one COPY beats one INSERT of arrays
-CONNECT_TIMEOUT: Final = 10.0
 ACQUIRE_TIMEOUT: Final = 10.0
-CLOSE_TIMEOUT: Final = 10.0
-DELETED: Final = -1  # a session's last seq once its share was deleted
-ARCHIVED: Final = -2  # a session's last seq while its log is in the archive
+RESTORE_PAGE: Final = 1000  # events inserted per statement (COPY) when a log is restored
 
 SCHEMA: Final = """
 CREATE SCHEMA IF NOT EXISTS {schema};
@@ -129,13 +112,6 @@ SHARE_COLUMNS: Final = (
 INSERT_COLUMNS: Final = (
     "id, title, created_at, expires_at, read, secret_hash, read_token_hash, epoch, active_at"
 )
-HEADS_SQL: Final = """
-SELECT u.session_id,
-       (SELECT max(e.seq) FROM events e WHERE e.session_id = u.session_id),
-       EXISTS (SELECT 1 FROM tombstones t WHERE t.id = u.tombstone),
-       EXISTS (SELECT 1 FROM shares s WHERE s.id = u.session_id AND s.archive IS NOT NULL)
-FROM unnest($1::text[], $2::text[]) AS u(session_id, tombstone)
-"""
 ARCHIVE_SQL: Final = """
 WITH ok AS (
     SELECT 1 FROM shares
@@ -146,12 +122,6 @@ WITH ok AS (
      snap AS (DELETE FROM snapshots WHERE session_id = $1 AND EXISTS (SELECT 1 FROM ok)),
      mark AS (UPDATE shares SET archive = $3 WHERE id = $1 AND EXISTS (SELECT 1 FROM ok))
 SELECT count(*) FROM ok
-"""
-EVENT_COLUMNS: Final = ["session_id", "seq", "event_id", "type", "ts", "data"]
-INSERT_EVENTS_SQL: Final = """
-INSERT INTO events (session_id, seq, event_id, type, ts, data)
-SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[],
-                     $6::bytea[])
 """
 DELETE_SHARE_SQL: Final = """
 WITH gone AS (DELETE FROM shares WHERE id = $1 RETURNING id),
@@ -177,109 +147,7 @@ def _quote(name: str) -> str:
     return '"' + name + '"'
 
 
-def _lock_key(schema: str, session_id: str) -> int:
-    digest = hashlib.blake2b(f"{schema}\0{session_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
-SCHEMA_LOCK_KEY: Final = _lock_key("", "agentsync schema creation")
-
-
-def _unavailable(exc: BaseException) -> Unavailable:
-    err = Unavailable(f"the PostgreSQL store failed: {type(exc).__name__}: {exc}")
-    err.__cause__ = exc
-    return err
-
-
-def _resolve(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if future.done():  # the caller was cancelled; the write happened (or not) regardless
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
-
-
-@dataclass(slots=True)
-class _Append:
-    session_id: str
-    first_seq: int
-    last_seq: int
-    rows: _Rows
-    nbytes: int
-    future: asyncio.Future[None]
-
-    @property
-    def sessions(self) -> tuple[str, ...]:
-        return (self.session_id,)
-
-
-@dataclass(slots=True)
-class _Call(Generic[T]):
-    """Any other write: ``run`` executes on the writer's connection inside a SAVEPOINT."""
-
-    run: Callable[[Conn], Awaitable[T]]
-    future: asyncio.Future[T]
-    session_id: str | None = None  # locked for the transaction when set
-    deletes: bool = False  # a True result means the session's log was deleted
-    nbytes: int = 0
-    # The session's last seq after this job, from its result (None: unchanged).
-    head: Callable[[T], int | None] | None = None
-
-    @property
-    def sessions(self) -> tuple[str, ...]:
-        return () if self.session_id is None else (self.session_id,)
-
-
-_Job: TypeAlias = "_Append | _Call[Any]"
-
-
-class _RunJobByJob(Exception):
-    """The one-statement insert of a group failed: retry the group job by job."""
-
-
-@dataclass(slots=True)
-class _Rows:
-    """Events as columns, to be concatenated and inserted with one statement."""
-
-    session_ids: list[str] = field(default_factory=list)
-    seqs: list[int] = field(default_factory=list)
-    ids: list[str] = field(default_factory=list)
-    types: list[str] = field(default_factory=list)
-    tss: list[int] = field(default_factory=list)
-    datas: list[bytes] = field(default_factory=list)
-
-    @classmethod
-    def of(cls, session_id: str, events: Sequence[Event]) -> _Rows:
-        rows = cls([session_id] * len(events))
-        for e in events:
-            rows.seqs.append(e.seq)
-            rows.ids.append(e.id)
-            rows.types.append(e.type)
-            rows.tss.append(e.ts)
-            rows.datas.append(orjson.dumps(e.data))
-        return rows
-
-    def columns(self) -> tuple[list[Any], ...]:
-        return (self.session_ids, self.seqs, self.ids, self.types, self.tss, self.datas)
-
-    def extend(self, other: _Rows) -> None:
-        for mine, theirs in zip(self.columns(), other.columns(), strict=True):
-            mine.extend(theirs)
-
-    async def insert(self, conn: Conn, schema: str) -> None:
-        columns = self.columns()
-        if not self.seqs:
-            return
-        if len(self.seqs) < COPY_THRESHOLD:
-            await conn.execute(INSERT_EVENTS_SQL, *columns)
-        else:  # COPY costs a round trip more, and a third less server time per row
-            await conn.copy_records_to_table(
-                "events",
-                schema_name=schema,
-                columns=EVENT_COLUMNS,
-                records=zip(*columns, strict=True),
-            )
+SCHEMA_LOCK_KEY: Final = lock_key("", "agentsync schema creation")
 
 
 class PostgresStore:
@@ -298,14 +166,15 @@ class PostgresStore:
         self.dsn = dsn
         self.schema = schema
         self.pool_size = pool_size
-        self.commits = 0  # write transactions committed (group commit makes it < appends)
-        self._pool: asyncpg.Pool[asyncpg.Record] | None = None
-        self._conn: Conn | None = None  # the writer's
-        self._jobs: deque[_Job] = deque()
-        self._wake = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
+        self._pool: asyncpg.Pool[asyncpg.Record] | None = None  # for reads
+        self._writer: GroupWriter | None = None  # all writes, on a connection of its own
         self._closing = False
         self._lock = asyncio.Lock()
+
+    @property
+    def commits(self) -> int:
+        """Write transactions committed so far (group commit makes it < appends)."""
+        return self._writer.commits if self._writer is not None else 0
 
     @classmethod
     def from_url(cls, url: str, *, pool_size: int = 10) -> PostgresStore:
@@ -327,6 +196,7 @@ class PostgresStore:
             if self._writer is not None:
                 return
             pool: asyncpg.Pool[asyncpg.Record] | None = None
+            writer = GroupWriter(self.dsn, self.schema, self._server_settings())
             try:
                 pool = await asyncpg.create_pool(
                     self.dsn,
@@ -337,17 +207,17 @@ class PostgresStore:
                 )
                 async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
                     await self._create_schema(conn)
-                await self._connection()  # the writer's: fail now rather than at the first write
+                await writer.start()
             except BaseException as exc:
-                await self._drop_connection()
+                await writer.abort()
                 if pool is not None:
                     pool.terminate()
                 if isinstance(exc, OSError | TimeoutError | asyncpg.PostgresError):
-                    raise _unavailable(exc) from exc
+                    raise unavailable(exc) from exc
                 raise
             self._pool = pool
             self._closing = False
-            self._writer = asyncio.create_task(self._write_loop(), name="agentsync-pg-writer")
+            self._writer = writer
 
     def _server_settings(self) -> dict[str, str]:
         return {"search_path": _quote(self.schema), "application_name": "agentsync"}
@@ -378,20 +248,15 @@ class PostgresStore:
             if writer is None or pool is None:
                 return
             self._closing = True  # refuse new jobs; the queued ones still run
-            self._wake.set()
-            await writer
+            await writer.close()
             self._writer = self._pool = None
-            if self._conn is not None:
-                with contextlib.suppress(Exception):
-                    await self._conn.close(timeout=CLOSE_TIMEOUT)
-                self._conn = None
             try:
                 await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
             except (TimeoutError, OSError, asyncpg.PostgresError):
                 pool.terminate()
 
     async def ping(self) -> None:
-        if self._writer is None or self._writer.done():
+        if self._writer is None or not self._writer.running:
             raise Unavailable("the PostgreSQL store is not open")
         await self._read(lambda conn: conn.fetchval("SELECT 1"))
 
@@ -410,15 +275,7 @@ class PostgresStore:
             asyncpg.PostgresConnectionError,
             asyncpg.InterfaceError,
         ) as exc:
-            raise _unavailable(exc) from exc
-
-    # -- the writer ---------------------------------------------------------------------
-
-    def _submit(self, job: _Job) -> None:
-        if self._writer is None or self._closing:
-            raise Unavailable("the PostgreSQL store is closed")
-        self._jobs.append(job)
-        self._wake.set()
+            raise unavailable(exc) from exc
 
     def _call(
         self,
@@ -429,149 +286,11 @@ class PostgresStore:
         nbytes: int = 0,
         head: Callable[[T], int | None] | None = None,
     ) -> asyncio.Future[T]:
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._submit(_Call(run, future, session_id, deletes, nbytes, head))
-        return future
-
-    async def _write_loop(self) -> None:
-        while True:
-            if not self._jobs:
-                if self._closing:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            group = self._take_group()
-            try:
-                outcomes = await self._commit_group(group)
-            except Exception as exc:
-                log.error("a PostgreSQL write transaction failed: %r", exc)
-                await self._drop_connection()
-                error = exc if isinstance(exc, Unavailable) else _unavailable(exc)
-                outcomes = [(False, error)] * len(group)
-            else:
-                self.commits += 1
-            for job, (ok, value) in zip(group, outcomes, strict=True):
-                _resolve(job.future, ok, value)
-
-    def _take_group(self) -> list[_Job]:
-        """The next jobs in queue order, within the limits of one transaction."""
-        group: list[_Job] = []
-        sessions: set[str] = set()
-        events = nbytes = 0
-        while self._jobs and len(group) < MAX_JOBS_PER_TRANSACTION:
-            job = self._jobs[0]
-            new = [s for s in job.sessions if s not in sessions]
-            count = len(job.rows.seqs) if isinstance(job, _Append) else 0
-            if group and (
-                len(sessions) + len(new) > MAX_SESSIONS_PER_TRANSACTION
-                or events + count > MAX_EVENTS_PER_TRANSACTION
-                or nbytes + job.nbytes > MAX_BYTES_PER_TRANSACTION
-            ):
-                break
-            self._jobs.popleft()
-            group.append(job)
-            sessions.update(new)
-            events += count
-            nbytes += job.nbytes
-        return group
-
-    async def _connection(self) -> Conn:
-        conn = self._conn
-        if conn is None or conn.is_closed():
-            conn = await asyncpg.connect(
-                self.dsn, timeout=CONNECT_TIMEOUT, server_settings=self._server_settings()
-            )
-            if await conn.fetchval("SHOW synchronous_commit") == "off":
-                # An acknowledged append must survive a crash of the database server too.
-                await conn.execute("SET synchronous_commit = on")
-            self._conn = conn
-        return conn
-
-    async def _drop_connection(self) -> None:
-        """Forget the writer's connection after a failure left it in an unknown state."""
-        conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
-            conn.terminate()
-
-    async def _commit_group(self, group: list[_Job]) -> list[tuple[bool, Any]]:
-        conn = await self._connection()
-        try:
-            return await self._run_group(conn, group, job_by_job=False)
-        except _RunJobByJob:
-            return await self._run_group(conn, group, job_by_job=True)
-
-    async def _run_group(
-        self, conn: Conn, group: list[_Job], *, job_by_job: bool
-    ) -> list[tuple[bool, Any]]:
-        """Run ``group`` in one transaction; one (ok, result or exception) per job."""
-        keys = sorted({_lock_key(self.schema, s) for job in group for s in job.sessions})
-        begin = "BEGIN"
-        if keys:  # one statement, one sorted order: two nodes' groups never deadlock
-            array = ",".join(map(str, keys))
-            begin += f"; SELECT pg_advisory_xact_lock(k) FROM unnest('{{{array}}}'::bigint[]) k"
-        await conn.execute(begin)
-        try:
-            outcomes = await self._run_jobs(conn, group, job_by_job)
-            await conn.execute("COMMIT")
-        except BaseException as exc:
-            if not conn.is_closed():
-                with contextlib.suppress(Exception):
-                    await conn.execute("ROLLBACK")
-            if isinstance(exc, _RunJobByJob) and conn.is_closed():
-                raise _unavailable(exc.__cause__ or exc) from exc
-            raise
-        return outcomes
-
-    async def _run_jobs(
-        self, conn: Conn, group: list[_Job], job_by_job: bool
-    ) -> list[tuple[bool, Any]]:
-        # Read after the locks were granted: this snapshot holds every commit that touched
-        # these sessions, and no other node can make another before we commit.
-        appended = list(dict.fromkeys(j.session_id for j in group if isinstance(j, _Append)))
-        heads: dict[str, int] = {}
-        if appended:
-            tombstones = [tombstone_key(s) for s in appended]
-            found = await conn.fetch(HEADS_SQL, appended, tombstones)
-            for session_id, last, deleted, archived in found:
-                heads[session_id] = DELETED if deleted else ARCHIVED if archived else (last or 0)
-        outcomes: list[tuple[bool, Any]] = []
-        rows = _Rows()
-        for job in group:
-            if isinstance(job, _Append):
-                last = heads[job.session_id]
-                if last in (DELETED, ARCHIVED) or job.first_seq != last + 1:
-                    outcomes.append((False, _seq_conflict(job, last)))
-                    continue
-                heads[job.session_id] = job.last_seq
-                if not job_by_job:
-                    rows.extend(job.rows)
-                    outcomes.append((True, None))
-                    continue
-                ok, value = await _in_savepoint(
-                    conn, functools.partial(job.rows.insert, conn, self.schema)
-                )
-                if not ok:
-                    heads[job.session_id] = last
-                    if isinstance(value, asyncpg.UniqueViolationError):
-                        value = SeqConflict(
-                            f"session {job.session_id}: seq or event id already stored"
-                        )
-                outcomes.append((ok, value))
-            else:
-                # The appends queued before this job are written before it.
-                await _insert_or_retry(conn, rows, self.schema)
-                rows = _Rows()
-                ok, value = await _in_savepoint(conn, functools.partial(job.run, conn))
-                if ok and job.deletes and value and job.session_id is not None:
-                    heads[job.session_id] = DELETED
-                if ok and job.head is not None and job.session_id is not None:
-                    head = job.head(value)
-                    if head is not None:
-                        heads[job.session_id] = head
-                outcomes.append((ok, value))
-        await _insert_or_retry(conn, rows, self.schema)
-        return outcomes
+        """Queue a write for the writer (see ``GroupWriter.call``)."""
+        writer = self._writer
+        if writer is None:
+            raise Unavailable("the PostgreSQL store is closed")
+        return writer.call(run, session_id=session_id, deletes=deletes, nbytes=nbytes, head=head)
 
     # -- shares -------------------------------------------------------------------------
 
@@ -665,13 +384,10 @@ class PostgresStore:
         )
 
     async def restore_session(
-        self, session_id: str, archive: str, events: Sequence[Event], snapshot: Snapshot
+        self, session_id: str, archive: str, events: Iterable[Event], snapshot: Snapshot
     ) -> bool:
-        for seq, event in enumerate(events, start=1):
-            if event.seq != seq:
-                raise SeqConflict(f"session {session_id}: a restored log must be dense from 1")
-        rows = _Rows.of(session_id, events)
-        last = events[-1].seq if events else 0
+        log = pages(restored_log(session_id, events), RESTORE_PAGE)
+        restored = [0]  # the last seq put back
 
         async def run(conn: Conn) -> bool:
             current = await conn.fetchrow(
@@ -679,10 +395,16 @@ class PostgresStore:
             )
             if current is None or current[0] != archive:
                 return False
-            try:
-                await rows.insert(conn, self.schema)
-            except asyncpg.UniqueViolationError as exc:
-                raise SeqConflict(f"session {session_id}: rows left beside its archive") from exc
+            # A page at a time, read on a thread (``events`` may be decoding an archive
+            # object): the log is never in memory as a whole, and all of it goes in this
+            # one transaction.
+            while (page := await asyncio.to_thread(next, log, None)) is not None:
+                try:
+                    await Rows.of(session_id, page).insert(conn, self.schema)
+                except asyncpg.UniqueViolationError as exc:
+                    left = f"session {session_id}: rows left beside its archive"
+                    raise SeqConflict(left) from exc
+                restored[0] = page[-1].seq
             await conn.execute(
                 "INSERT INTO snapshots (session_id, seq, state) VALUES ($1, $2, $3)"
                 " ON CONFLICT (session_id) DO UPDATE SET seq = excluded.seq,"
@@ -698,9 +420,17 @@ class PostgresStore:
             )
             return True
 
-        nbytes = sum(map(len, rows.datas)) + len(snapshot.state)
+        # How much the log weighs is known only once it is read: a list is measured, a
+        # stream is taken to fill its transaction.
+        if isinstance(events, Sequence):
+            nbytes = sum(len(e.encoded) for e in events) + len(snapshot.state)
+        else:
+            nbytes = MAX_BYTES_PER_TRANSACTION
         return await self._call(
-            run, session_id=session_id, nbytes=nbytes, head=lambda done: last if done else None
+            run,
+            session_id=session_id,
+            nbytes=nbytes,
+            head=lambda done: restored[0] if done else None,
         )
 
     # -- the log ------------------------------------------------------------------------
@@ -712,14 +442,11 @@ class PostgresStore:
         for offset, event in enumerate(events):
             if event.seq != first + offset:
                 raise SeqConflict(f"session {session_id}: seqs of one append must be consecutive")
-        rows = _Rows.of(session_id, events)
-        if len(set(rows.ids)) != len(rows.ids):
-            raise SeqConflict(f"session {session_id}: an event id repeats within the append")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        nbytes = sum(map(len, rows.datas))
+        writer = self._writer
+        if writer is None:
+            raise Unavailable("the PostgreSQL store is closed")
         # Queued before the first await: appends are committed in the order of the calls.
-        self._submit(_Append(session_id, first, events[-1].seq, rows, nbytes, future))
-        await future
+        await writer.append(session_id, events)
 
     async def read_events(self, session_id: str, after_seq: int, limit: int) -> list[Event]:
         sql = (
@@ -763,34 +490,3 @@ class PostgresStore:
         sql = "SELECT seq, state FROM snapshots WHERE session_id = $1"
         row = await self._read(lambda conn: conn.fetchrow(sql, session_id))
         return None if row is None else Snapshot(session_id, row[0], bytes(row[1]))
-
-
-def _seq_conflict(job: _Append, last: int) -> SeqConflict:
-    if last == DELETED:
-        return SeqConflict(f"session {job.session_id} was deleted")
-    if last == ARCHIVED:
-        return SessionArchived(f"session {job.session_id} is archived; restore it first")
-    return SeqConflict(
-        f"session {job.session_id}: append starts at seq {job.first_seq}, "
-        f"but the log ends at {last}"
-    )
-
-
-async def _in_savepoint(conn: Conn, run: Callable[[], Awaitable[T]]) -> tuple[bool, Any]:
-    """Run one job so that its failure rolls back only what it did."""
-    await conn.execute("SAVEPOINT job")
-    try:
-        value = await run()
-    except Exception as exc:
-        # Raises in turn if the connection is gone: then the whole group fails.
-        await conn.execute("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job")
-        return False, exc
-    await conn.execute("RELEASE SAVEPOINT job")
-    return True, value
-
-
-async def _insert_or_retry(conn: Conn, rows: _Rows, schema: str) -> None:
-    try:
-        await rows.insert(conn, schema)
-    except asyncpg.PostgresError as exc:
-        raise _RunJobByJob from exc
