@@ -17,6 +17,7 @@ from rich.live import Live
 from rich.padding import Padding
 from rich.text import Text
 
+from agentsync.opencode import META, display_order
 from agentsync.protocol import Event
 from agentsync.session import SessionState
 
@@ -63,10 +64,16 @@ class Transcript:
         return True
 
     def messages(self) -> list[dict[str, Any]]:
-        return list(self.state.to_json(self.epoch or "")["messages"])
+        return display_order(self.state.to_json(self.epoch or "")["messages"])
 
 
-def render_message(message: dict[str, Any], *, updated: bool = False) -> RenderableType:
+def render_message(message: dict[str, Any], *, updated: bool = False) -> RenderableType | None:
+    """The message as terminal text; None when there is nothing to show (an opencode
+    step boundary)."""
+    metadata = message.get("metadata")
+    oc = metadata.get(META) if isinstance(metadata, dict) else None
+    if isinstance(oc, dict):
+        return _render_opencode(message, oc, updated)
     role = str(message.get("role", "?"))
     head = Text(f"{role}", style=ROLE_STYLES.get(role, "bold yellow"))
     if updated:
@@ -75,6 +82,13 @@ def render_message(message: dict[str, Any], *, updated: bool = False) -> Rendera
     content = str(message.get("content") or "")
     if content:
         parts.append(Padding(Text(content), (0, 0, 0, 2), expand=False))
+    parts.extend(_render_tools(message))
+    parts.append(Text(""))
+    return Group(*parts)
+
+
+def _render_tools(message: dict[str, Any]) -> list[RenderableType]:
+    parts: list[RenderableType] = []
     results = {r.get("toolCallId"): r for r in message.get("toolResults") or []}
     for call in message.get("toolCalls") or []:
         parts.append(_render_call(call))
@@ -83,8 +97,61 @@ def render_message(message: dict[str, Any], *, updated: bool = False) -> Rendera
             parts.append(_render_result(result))
     for result in results.values():  # results whose call was never announced
         parts.append(_render_result(result))
-    parts.append(Text(""))
-    return Group(*parts)
+    return parts
+
+
+def _render_opencode(
+    message: dict[str, Any], oc: dict[str, Any], updated: bool
+) -> RenderableType | None:
+    """opencode's messages (a header line) and parts (text, reasoning, tools, steps)."""
+    marker = "  (updated)" if updated else ""
+    if oc.get("kind") == "message":
+        info = _dict(oc.get("info"))
+        role = str(message.get("role", "?"))
+        head = Text(role, style=ROLE_STYLES.get(role, "bold yellow"))
+        model = _dict(info.get("model"))
+        provider = info.get("providerID") or model.get("providerID")
+        model_id = info.get("modelID") or model.get("modelID")
+        details = [str(info.get("agent") or ""), f"{provider}/{model_id}" if model_id else ""]
+        if role == "assistant":
+            details.append(_usage(info))
+            if not _dict(info.get("time")).get("completed") and not info.get("error"):
+                details.append("working…")
+        head.append("".join(f" · {d}" for d in details if d) + marker, style="dim")
+        error = info.get("error")
+        if isinstance(error, dict):
+            text = _dict(error.get("data")).get("message") or error.get("name")
+            return Group(Text(""), head, Text(f"  ✗ {text}", style="red"))
+        return Group(Text(""), head)
+    part = _dict(oc.get("part"))
+    kind = part.get("type")
+    content = str(message.get("content") or "")
+    if kind == "text":
+        return Padding(Text(content + marker), (0, 0, 0, 2), expand=False) if content else None
+    if kind == "reasoning":
+        return Padding(Text(content, style="dim italic"), (0, 0, 0, 2), expand=False)
+    if kind == "tool":
+        return Group(*_render_tools(message)) if message.get("toolCalls") else None
+    if kind == "step-finish":
+        line = f"step: {part.get('reason', '')} · {_usage(part)}"
+        return Padding(Text(line, style="dim"), (0, 0, 0, 2), expand=False)
+    if kind == "patch":
+        files = [str(f).rsplit("/", 1)[-1] for f in part.get("files") or []]
+        return Padding(Text("changed: " + ", ".join(files), style="dim"), (0, 0, 0, 2))
+    if kind == "step-start":
+        return None
+    return Padding(Text(f"[{kind}]", style="dim"), (0, 0, 0, 2), expand=False)
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _usage(obj: dict[str, Any]) -> str:
+    tokens = _dict(obj.get("tokens"))
+    cost = obj.get("cost")
+    text = f"{tokens.get('input', 0)} in · {tokens.get('output', 0)} out"
+    return text + (f" · ${cost:.4f}" if isinstance(cost, int | float) else "")
 
 
 def _render_call(call: dict[str, Any]) -> RenderableType:
@@ -99,7 +166,7 @@ def _render_call(call: dict[str, Any]) -> RenderableType:
 def _render_result(result: dict[str, Any]) -> RenderableType:
     error = result.get("error")
     output = result.get("output")
-    body = _compact(output) if not isinstance(output, str) else output
+    body = "" if output is None else output if isinstance(output, str) else _compact(output)
     lines = body.splitlines() or [""]
     if len(lines) > MAX_RESULT_LINES:
         lines = [*lines[:MAX_RESULT_LINES], f"… {len(lines) - MAX_RESULT_LINES} more lines"]
@@ -111,6 +178,8 @@ def _render_result(result: dict[str, Any]) -> RenderableType:
     else:
         head = Text("↳ result", style="dim green")
         style = "dim"
+    if not body:
+        return Padding(head, (0, 0, 0, 2), expand=False)
     return Padding(
         Group(head, Padding(Text("\n".join(lines), style=style), (0, 0, 0, 2), expand=False)),
         (0, 0, 0, 2),
@@ -204,5 +273,7 @@ class TerminalView:
         fingerprint = _fingerprint(message)
         previous = self._printed.get(message["id"])
         if previous != fingerprint:
-            self.console.print(render_message(message, updated=previous is not None))
+            shown = render_message(message, updated=previous is not None)
+            if shown is not None:
+                self.console.print(shown)
             self._printed[message["id"]] = fingerprint

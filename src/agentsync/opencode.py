@@ -344,6 +344,31 @@ def _set(obj: Any, path: Sequence[Any], value: Any) -> None:
     obj[path[-1]] = value
 
 
+# --- display order -------------------------------------------------------------------
+
+
+def display_order(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` stably sorted by ``metadata.order``; a message without one takes the
+    key of the nearest preceding message that has one ("" before the first). Keys compare
+    by UTF-16 code units, as JavaScript compares strings, so the page's script puts a live
+    message exactly where a fresh load of the page would."""
+    inherited = b""
+    keyed: list[tuple[bytes, dict[str, Any]]] = []
+    for message in messages:
+        own = order_of(message)
+        if own is not None:
+            inherited = own.encode("utf-16-be", "surrogatepass")
+        keyed.append((inherited, message))
+    keyed.sort(key=lambda pair: pair[0])
+    return [message for _, message in keyed]
+
+
+def order_of(message: dict[str, Any]) -> str | None:
+    metadata = message.get("metadata")
+    order = metadata.get("order") if isinstance(metadata, dict) else None
+    return order if isinstance(order, str) else None
+
+
 # --- back to opencode's items ----------------------------------------------------------
 
 
@@ -359,18 +384,16 @@ def merged_items(snapshot: Mapping[str, Any]) -> list[dict[str, Any]]:
             continue
         kind = key[len(SESSION_PREFIX) :]
         (head if kind == "session" else tail).append({"type": kind, "data": value})
-    ordered: list[tuple[str, dict[str, Any]]] = []
-    for message in snapshot["messages"]:
-        meta = message.get("metadata", {})
-        oc = meta.get(META)
+    items: list[dict[str, Any]] = []
+    for message in display_order(snapshot["messages"]):
+        oc = message.get("metadata", {}).get(META)
         if not isinstance(oc, dict):
             continue
         if oc.get("kind") == "message":
-            ordered.append((str(meta.get("order", "")), {"type": "message", "data": oc["info"]}))
+            items.append({"type": "message", "data": oc["info"]})
         elif oc.get("kind") == "part":
-            ordered.append((str(meta.get("order", "")), {"type": "part", "data": _part(message)}))
-    ordered.sort(key=lambda pair: pair[0])
-    return head + [item for _, item in ordered] + tail
+            items.append({"type": "part", "data": _part(message)})
+    return head + items + tail
 
 
 def _part(message: Mapping[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
+from rich.console import Console
 
+from agentsync.cli_view import Transcript, render_message
 from agentsync.opencode import item_key
 from conftest import ServerFactory, ServerProcess
 from e2e.test_archive import ARCHIVE_FLAGS, wait_archived
@@ -350,3 +352,27 @@ async def test_syncs_through_two_nodes_read_back_whole(
     finally:
         for http in clients:
             await http.aclose()
+
+
+async def test_the_terminal_view_shows_an_opencode_share_compactly(
+    http: httpx.AsyncClient,
+) -> None:
+    share = await create(http)
+    for batch in captured_syncs():
+        await sync(http, share, batch)
+    transcript = Transcript()
+    transcript.load(await snapshot(http, share))
+    console = Console(record=True, width=120, color_system=None)
+    for message in transcript.messages():
+        shown = render_message(message)
+        if shown is not None:
+            console.print(shown)
+    lines = [line.rstrip() for line in console.export_text().splitlines()]
+    heads = [line for line in lines if line.startswith(("user", "assistant"))]
+    assert heads[0] == "user · build · fake/fake-model"
+    assert len(heads) == 5 and all("fake/fake-model" in h for h in heads)
+    assert "assistant" not in lines, "an empty message was printed as a bare role line"
+    text = "\n".join(lines)
+    assert text.index("Read notes.txt") < text.index("Let me read") < text.index("I have")
+    assert "✗ error: File not found" in text and "null" not in text
+    assert "step: tool-calls · 100 in · 19 out · $0.0000" in text

@@ -6,7 +6,7 @@ the reasoning, the answer, the tool calls with their states and the steps, each 
 its message; a page open before the syncs must end with the same articles, in the same
 order and with the same markup, as a fresh load, however the items arrived; text that
 grows across syncs must grow on the page. The display order itself is checked against
-``render.display_order`` with awkward keys, and opencode's fields go through the same
+``opencode.display_order`` with awkward keys, and opencode's fields go through the same
 "nothing runs" check as every other piece of content.
 """
 
@@ -20,8 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
+from agentsync.opencode import display_order
 from agentsync.server.web.opencode_view import article_html, count, duration, money
-from agentsync.server.web.render import display_order, message_html
+from agentsync.server.web.render import message_html
 from e2e._support import append, create_share, uid
 
 from .conftest import open_page

@@ -11,8 +11,9 @@ the same structure for messages that change after the first paint:
 
     <article class="msg role-ROLE" data-id=ID data-rev=GEN.N> header, .body, details.tool*
 
-Articles are shown in :func:`display_order`; opencode's messages and parts have their own
-markup (``opencode_view.py``, ``viewer/src/opencode.js``) in the same kind of article.
+Articles are shown in :func:`agentsync.opencode.display_order`; opencode's messages and parts
+have their own markup (``opencode_view.py``, ``viewer/src/opencode.js``) in the same kind of
+article.
 
 Rendered markdown is cached by its source text: a page of a 10,000-event session is
 mostly messages that no longer change.
@@ -109,28 +110,6 @@ def clock(ts: Any) -> tuple[str, str]:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"), moment.strftime(
         "%H:%M:%S"
     )
-
-
-def display_order(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``messages`` stably sorted by ``metadata.order``; a message without one takes the
-    key of the nearest preceding message that has one ("" before the first). Keys compare
-    by UTF-16 code units, as JavaScript compares strings, so the page's script puts a live
-    message exactly where a fresh load of the page would."""
-    inherited = b""
-    keyed: list[tuple[bytes, dict[str, Any]]] = []
-    for message in messages:
-        own = order_of(message)
-        if own is not None:
-            inherited = own.encode("utf-16-be", "surrogatepass")
-        keyed.append((inherited, message))
-    keyed.sort(key=lambda pair: pair[0])
-    return [message for _, message in keyed]
-
-
-def order_of(message: dict[str, Any]) -> str | None:
-    metadata = message.get("metadata")
-    order = metadata.get("order") if isinstance(metadata, dict) else None
-    return order if isinstance(order, str) else None
 
 
 def tool_state(result: dict[str, Any] | None) -> tuple[str, str]:

@@ -19,6 +19,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from agentsync.opencode import display_order
 from agentsync.protocol import NotFound
 from agentsync.server.http import hub_of, readable_session
 from agentsync.server.web.opencode_view import (
@@ -27,7 +28,7 @@ from agentsync.server.web.opencode_view import (
     session_diff_html,
     session_info_html,
 )
-from agentsync.server.web.render import clock, display_order, json_for_script
+from agentsync.server.web.render import clock, json_for_script
 from agentsync.store.base import ShareRecord
 
 CSP = (
