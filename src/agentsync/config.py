@@ -166,6 +166,18 @@ class Config:
     sweep_interval_seconds: float = dataclasses.field(
         default=30.0, metadata={"help": "how often expired shares are deleted"}
     )
+    stream_key: str = dataclasses.field(
+        default="",
+        metadata={
+            "help": "bearer key that may create, append to and delete Durable Streams at "
+            "/v1/stream/ (the admin key works too; without either, writes are open on a "
+            "loopback bind only)"
+        },
+    )
+    stream_long_poll_seconds: float = dataclasses.field(
+        default=20.0,
+        metadata={"help": "how long a Durable Streams long-poll waits for data (then 204)"},
+    )
     gil_switch_ms: float = dataclasses.field(
         default=0.5, metadata={"help": "Python's thread switch interval (latency vs. CPU)"}
     )

@@ -12,7 +12,7 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,10 +33,13 @@ from agentsync.limits import AddressLimits
 from agentsync.metrics import Metrics
 from agentsync.protocol import AgentsyncError, BadRequest, NotFound
 from agentsync.server import admin, http, openapi, opencode, ws
+from agentsync.server import streams as durable_streams
 from agentsync.server.guard import Guard, mask_tokens
 from agentsync.server.web import routes as web
 from agentsync.server.wsproto import AgentsyncWebSocketProtocol
 from agentsync.store.base import Store
+from agentsync.streams.manager import StreamManager
+from agentsync.streams.store import StreamStore
 
 log = logging.getLogger("agentsync")
 
@@ -50,6 +53,10 @@ class Node:
     metrics: Metrics  # this node's Prometheus registry
     hub: Hub  # live sessions, fan-out
     limits: AddressLimits  # per-client-address rate limits and connection caps
+    streams: StreamManager = field(init=False)  # Durable Streams at /v1/stream/
+
+    def __post_init__(self) -> None:
+        self.streams = StreamManager(self.config, make_stream_store(self.store))
 
     @classmethod
     def from_config(cls, config: Config) -> Node:
@@ -72,6 +79,17 @@ def make_store(config: Config) -> Store:
     from agentsync.store.sqlite import SQLiteStore
 
     return SQLiteStore(config.sqlite_path, synchronous=config.sqlite_synchronous)
+
+
+def make_stream_store(store: Store) -> StreamStore | None:
+    """Durable Streams live in the node's own store; only SQLite has them so far."""
+    from agentsync.store.sqlite import SQLiteStore
+
+    if not isinstance(store, SQLiteStore):
+        return None
+    from agentsync.streams.sqlite import SQLiteStreamStore
+
+    return SQLiteStreamStore(store)
 
 
 def make_bus(config: Config) -> Bus | None:
@@ -158,10 +176,12 @@ def create_app(node: Node) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await node.hub.start()
+        await node.streams.start()
         log.info("agentsync ready: data in %s", node.config.store_label)
         try:
             yield
         finally:
+            await node.streams.stop()
             await node.hub.stop()
             log.info("agentsync stopped: every acknowledged event is stored")
 
@@ -189,6 +209,11 @@ def create_app(node: Node) -> Starlette:
         Route("/v1/admin/shares/{session_id}", admin.show_share, methods=["GET"]),
         Route("/v1/admin/shares/{session_id}", admin.delete_share, methods=["DELETE"]),
         Route("/v1/admin/shares/{session_id}/expire", admin.expire_share, methods=["POST"]),
+        Route(
+            "/v1/stream/{path:path}",
+            durable_streams.endpoint,
+            methods=["GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS"],
+        ),
     ]
     app = Starlette(
         routes=routes,
@@ -204,6 +229,7 @@ def create_app(node: Node) -> Starlette:
     )
     app.state.hub = node.hub
     app.state.node = node
+    app.state.streams = node.streams
     app.state.limits = node.limits
     app.state.draining = False
     return app
@@ -212,13 +238,18 @@ def create_app(node: Node) -> Starlette:
 class _Server(uvicorn.Server):
     """uvicorn, told to close our readers with a resumable code before its own shutdown."""
 
-    def __init__(self, config: uvicorn.Config, hub: Hub) -> None:
+    def __init__(
+        self, config: uvicorn.Config, hub: Hub, streams: StreamManager | None = None
+    ) -> None:
         super().__init__(config)
         self.hub = hub
+        self.streams = streams
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         log.info("shutting down: closing readers with 4000 (resume), flushing writes")
         self.hub.begin_shutdown()
+        if self.streams is not None:
+            self.streams.begin_shutdown()
         await super().shutdown(sockets)
 
 
@@ -277,7 +308,7 @@ def run(config: Config) -> None:
     for name in ("uvicorn.access", "uvicorn.error"):
         logging.getLogger(name).addFilter(mask_tokens)
     node = Node.from_config(config)
-    server = _Server(uvicorn_config(node, create_app(node)), node.hub)
+    server = _Server(uvicorn_config(node, create_app(node)), node.hub, node.streams)
     # uvicorn re-raises the signal it caught once it has shut down; with these handlers in
     # place that re-raise is harmless and the process exits 0 after a clean shutdown.
     for sig in (signal.SIGTERM, signal.SIGINT):

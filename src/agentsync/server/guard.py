@@ -110,6 +110,19 @@ class OriginPolicy:
 
 UNLIMITED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 STREAMING_PATH = re.compile(r"^/v1/sessions/[^/]+/(ws|stream)$")
+# Durable Streams: its own CORS policy, and live reads (long-poll, SSE) count as streaming.
+DURABLE_STREAMS_PREFIX = "/v1/stream/"
+DURABLE_STREAMS_REQUEST_HEADERS = [
+    "Authorization", "Content-Type", "If-None-Match", "Stream-Seq", "Stream-TTL",
+    "Stream-Expires-At", "Stream-Closed", "Producer-Id", "Producer-Epoch", "Producer-Seq",
+    "Stream-Forked-From", "Stream-Fork-Offset", "Stream-Fork-Sub-Offset",
+]  # fmt: skip
+DURABLE_STREAMS_RESPONSE_HEADERS = [
+    "Stream-Next-Offset", "Stream-Cursor", "Stream-Up-To-Date", "Stream-Closed",
+    "Stream-TTL", "Stream-Expires-At", "Stream-SSE-Data-Encoding", "Producer-Epoch",
+    "Producer-Seq", "Producer-Expected-Seq", "Producer-Received-Seq", "ETag", "Location",
+    "Content-Type", "Retry-After",
+]  # fmt: skip
 
 
 SECURITY_HEADERS = (
@@ -117,6 +130,7 @@ SECURITY_HEADERS = (
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
 )
+CROSS_ORIGIN_RESOURCE = (b"cross-origin-resource-policy", b"cross-origin")
 
 
 class Guard:
@@ -135,6 +149,14 @@ class Guard:
             expose_headers=["Retry-After"],
             max_age=600,
         )
+        self.streams_cors: ASGIApp = CORSMiddleware(
+            app,
+            allow_origins=cors,
+            allow_methods=["GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS"],
+            allow_headers=DURABLE_STREAMS_REQUEST_HEADERS,
+            expose_headers=DURABLE_STREAMS_RESPONSE_HEADERS,
+            max_age=600,
+        )
         self.limits = limits
         self.metrics = metrics
         self.trusted = parse_networks(config.trusted_proxies)
@@ -147,7 +169,13 @@ class Guard:
             return
         address = client_address(scope, self.trusted)
         scope.setdefault("state", {})["client_address"] = address
-        streaming = kind == "websocket" or bool(STREAMING_PATH.match(scope.get("path", "")))
+        path = scope.get("path", "")
+        durable_stream = path.startswith(DURABLE_STREAMS_PREFIX)
+        streaming = (
+            kind == "websocket"
+            or bool(STREAMING_PATH.match(path))
+            or (durable_stream and b"live=" in scope.get("query_string", b""))
+        )
         try:
             if scope.get("path") in UNLIMITED_PATHS:
                 pass  # health probes and scrapes are never refused
@@ -168,13 +196,13 @@ class Guard:
             if kind == "websocket":
                 await _refuse_websocket(receive, send, err)
             else:
-                await _refuse_http(_with_security_headers(send), err)
+                await _refuse_http(_with_security_headers(send, durable_stream), err)
             return
         app = self.app
         if kind == "http":
-            send = _with_security_headers(send)
+            send = _with_security_headers(send, durable_stream)
             if _header(scope, b"origin") is not None:
-                app = self.cors
+                app = self.streams_cors if durable_stream else self.cors
         if not streaming:
             await app(scope, receive, send)
             return
@@ -184,12 +212,15 @@ class Guard:
             self.limits.connections.release(address)
 
 
-def _with_security_headers(send: Send) -> Send:
+def _with_security_headers(send: Send, durable_stream: bool = False) -> Send:
+    # Durable Streams are read cross-origin by design (their clients run in browsers).
+    extra = (CROSS_ORIGIN_RESOURCE,) if durable_stream else ()
+
     async def send_with_headers(message: Message) -> None:
         if message["type"] == "http.response.start":
             headers = list(message.get("headers", []))
             present = {name.lower() for name, _ in headers}
-            headers.extend((n, v) for n, v in SECURITY_HEADERS if n not in present)
+            headers.extend((n, v) for n, v in (*SECURITY_HEADERS, *extra) if n not in present)
             message["headers"] = headers
         await send(message)
 

@@ -1,0 +1,362 @@
+"""HTTP edge of Durable Streams: ``/v1/stream/{path}`` (PUT, POST, GET, HEAD, DELETE).
+
+Handlers parse headers with :mod:`agentsync.streams.rules`, call the
+:class:`~agentsync.streams.manager.StreamManager`, and turn its answers and refusals
+into responses with the protocol's headers. Responses set ``content-type`` themselves:
+Starlette would append ``; charset=utf-8`` to a ``text/*`` media type, and clients
+compare the stream's content type exactly.
+
+Writes are open on a loopback bind; otherwise (or once ``--stream-key`` or
+``--admin-key`` is set) they need ``Authorization: Bearer`` with one of those keys.
+Reads are open. Forks are not supported yet (501), and paths under ``sessions/`` and
+``__ds/`` are reserved.
+"""
+
+from __future__ import annotations
+
+import hmac
+import random
+import time
+from collections.abc import AsyncIterator
+from typing import Final
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from agentsync import auth
+from agentsync.protocol import now_ms
+from agentsync.server.http import read_body
+from agentsync.streams import rules
+from agentsync.streams.manager import LiveStream, StreamManager
+from agentsync.streams.rules import (
+    NOW,
+    AppendRequest,
+    CreateRequest,
+    StreamError,
+    StreamState,
+)
+
+MAX_READ_BYTES: Final = 1024 * 1024  # a catch-up response holds at least one unit
+SSE_MAX_SECONDS: Final = 60.0  # then the client reconnects from its offset (CDN friendly)
+RESERVED_PREFIXES: Final = ("sessions/", "__ds/")
+ALLOW: Final = "GET, HEAD, PUT, POST, DELETE, OPTIONS"
+
+_rng = random.Random()
+
+
+def manager_of(request: Request) -> StreamManager:
+    manager: StreamManager = request.app.state.streams
+    return manager
+
+
+def error_response(err: StreamError) -> Response:
+    return Response(
+        orjson.dumps(err.to_json()),
+        err.status,
+        headers={"content-type": "application/json", **err.headers},
+    )
+
+
+async def endpoint(request: Request) -> Response:
+    """One route for every method: refusals become responses with their headers."""
+    handler = {
+        "GET": read,
+        "HEAD": head,
+        "PUT": create,
+        "POST": append,
+        "DELETE": delete,
+        "OPTIONS": options,
+    }[request.method]
+    try:
+        return await handler(request)
+    except StreamError as err:
+        return error_response(err)
+
+
+def stream_path(request: Request) -> str:
+    path: str = request.path_params["path"]
+    if not path or len(path) > 1024 or "\x00" in path:
+        raise rules.bad_request("a stream path must be 1 to 1024 characters, without NUL")
+    return path
+
+
+def authorize_write(request: Request) -> None:
+    config = manager_of(request).config
+    keys = [k for k in (config.stream_key, config.admin_key) if k]
+    if not keys and config.loopback:
+        return
+    if not keys:
+        raise StreamError(
+            403,
+            "forbidden",
+            "writing streams on a public bind needs a key: start the server with "
+            "--stream-key KEY and send 'Authorization: Bearer KEY'",
+        )
+    presented = auth.bearer(request.headers.get("authorization"))
+    if presented is None:
+        raise StreamError(401, "unauthorized", "send 'Authorization: Bearer <stream key>'")
+    if not any(hmac.compare_digest(presented.encode(), k.encode()) for k in keys):
+        raise StreamError(403, "forbidden", "that is not the stream key")
+
+
+# --- writes ----------------------------------------------------------------------------
+
+
+async def create(request: Request) -> Response:
+    path = stream_path(request)
+    headers = request.headers
+    if rules.is_fork_request(dict(headers)):
+        raise StreamError(
+            501,
+            "forks_unsupported",
+            "forking streams (Stream-Forked-From) is not supported by this server yet",
+        )
+    if path.startswith(RESERVED_PREFIXES):
+        raise StreamError(
+            403,
+            "reserved_path",
+            f"stream paths under {' and '.join(RESERVED_PREFIXES)} are reserved "
+            "(agentsync sessions will be readable there); choose another path",
+        )
+    authorize_write(request)
+    content_type = rules.create_content_type(headers.get("content-type"))
+    ttl_raw, expires_raw = headers.get("stream-ttl"), headers.get("stream-expires-at")
+    if ttl_raw is not None and expires_raw is not None:
+        raise rules.bad_request("send Stream-TTL or Stream-Expires-At, not both")
+    ttl = rules.parse_ttl(ttl_raw)
+    expires_ms = rules.parse_expires_at(expires_raw)
+    body = await read_body(request, manager_of(request).config.max_body_bytes)
+    unit: bytes | None = body or None
+    if body and rules.is_json(content_type):
+        unit = rules.json_unit(body, initial=True)
+    req = CreateRequest(
+        content_type=content_type,
+        ttl_seconds=ttl,
+        expires_at=expires_raw,
+        expires_at_ms=expires_ms,
+        closed=rules.is_true(headers.get("stream-closed")),
+        unit=unit or None,
+    )
+    created = await manager_of(request).create(path, req)
+    out = rules.created_headers(created.state)
+    if created.new:
+        out["location"] = str(request.url.replace(query=""))
+    return Response(b"", 201 if created.new else 200, headers=out)
+
+
+async def append(request: Request) -> Response:
+    path = stream_path(request)
+    authorize_write(request)
+    headers = request.headers
+    producer = rules.parse_producer(
+        headers.get("producer-id"), headers.get("producer-epoch"), headers.get("producer-seq")
+    )
+    close = rules.is_true(headers.get("stream-closed"))
+    body = await read_body(request, manager_of(request).config.max_body_bytes)
+    content_type = headers.get("content-type")
+    stream_seq = headers.get("stream-seq")
+    if not body:
+        if not close:
+            raise rules.bad_request("an append needs a body (or Stream-Closed: true)")
+        req = AppendRequest(None, content_type, stream_seq, producer, close=True)
+    else:
+        if content_type is None:
+            raise rules.bad_request("an append needs a Content-Type")
+        unit, body_error = body, None
+        if rules.is_json(content_type):
+            try:
+                unit = rules.json_unit(body, initial=False)
+            except StreamError as err:
+                body_error = err  # refused inside the job, after closed/type/producer
+        req = AppendRequest(unit, content_type, stream_seq, producer, close, body_error)
+    appended = await manager_of(request).append(path, req)
+    status = rules.append_status(req, appended.outcome)
+    return Response(
+        None, status, headers=rules.append_headers(appended.state, req, appended.outcome)
+    )
+
+
+async def delete(request: Request) -> Response:
+    path = stream_path(request)
+    authorize_write(request)
+    if not await manager_of(request).delete(path):
+        raise rules.not_found(path)
+    return Response(None, 204)
+
+
+async def options(request: Request) -> Response:
+    return Response(None, 204, headers={"allow": ALLOW})
+
+
+# --- reads -----------------------------------------------------------------------------
+
+
+async def head(request: Request) -> Response:
+    _live, state = await manager_of(request).current(stream_path(request))
+    out = {
+        "content-type": state.content_type,
+        "stream-next-offset": rules.offset_of(state.tail),
+        "cache-control": rules.CACHE_NONE,
+        "etag": rules.etag(state.id, "-1", rules.offset_of(state.tail), state.closed),
+    }
+    if state.closed:
+        out["stream-closed"] = "true"
+    if state.ttl_seconds is not None:
+        out["stream-ttl"] = str(state.ttl_seconds)
+    if state.expires_at is not None:
+        out["stream-expires-at"] = state.expires_at
+    return Response(None, 200, headers=out)
+
+
+async def read(request: Request) -> Response:
+    manager = manager_of(request)
+    path = stream_path(request)
+    params = request.query_params
+    start = rules.parse_offset(params.getlist("offset"))
+    mode = params.get("live")
+    cursor = params.get("cursor")
+    live, state = await manager.current(path)
+    if mode in ("long-poll", "sse") and start is None:
+        raise rules.bad_request(f"live={mode} needs an offset (-1 for the start, or now)")
+    manager.accessed(live)
+    if mode == "sse":
+        assert start is not None
+        return sse_response(manager, live, state, state.tail if start == NOW else start, cursor)
+    if start == NOW and mode != "long-poll":
+        out = {
+            "content-type": state.content_type,
+            "stream-next-offset": rules.offset_of(state.tail),
+            "stream-up-to-date": "true",
+            "cache-control": rules.CACHE_NONE,
+        }
+        if state.closed:
+            out["stream-closed"] = "true"
+        return Response(b"[]" if state.is_json else b"", 200, headers=out)
+    after = state.tail if start == NOW else (start or 0)
+    if mode == "long-poll" and after == state.tail:
+        if state.closed:
+            out = _tail_headers(after, closed=True)
+            out["stream-cursor"] = rules.response_cursor(cursor, now_ms(), _rng)
+            return Response(None, 204, headers=out)
+        changed = await manager.wait_beyond(live, after, manager.config.stream_long_poll_seconds)
+        manager.accessed(live)
+        now_state = live.state
+        if now_state is None or now_state.id != state.id:
+            raise rules.not_found(path)
+        state = now_state
+        if not changed or state.tail <= after:
+            out = _tail_headers(after, closed=state.closed)
+            out["stream-cursor"] = rules.response_cursor(cursor, now_ms(), _rng)
+            return Response(None, 204, headers=out)
+    return await _catch_up(request, manager, state, after, mode == "long-poll", cursor)
+
+
+def _tail_headers(seq: int, *, closed: bool) -> dict[str, str]:
+    out = {"stream-next-offset": rules.offset_of(seq), "stream-up-to-date": "true"}
+    if closed:
+        out["stream-closed"] = "true"
+    return out
+
+
+async def _catch_up(
+    request: Request,
+    manager: StreamManager,
+    state: StreamState,
+    after: int,
+    long_poll: bool,
+    cursor: str | None,
+) -> Response:
+    units: list[tuple[int, bytes]] = []
+    if after < state.tail:
+        assert manager.store is not None
+        units = await manager.store.read_units(state.id, after, state.tail, MAX_READ_BYTES)
+    next_seq = units[-1][0] if units else min(after, state.tail)
+    up_to_date = next_seq >= state.tail
+    closed = state.closed and up_to_date
+    next_offset = rules.offset_of(next_seq)
+    start_text = request.query_params.get("offset") or "-1"
+    tag = rules.etag(state.id, start_text, next_offset, closed)
+    if request.headers.get("if-none-match") == tag:
+        return Response(None, 304, headers={"etag": tag})
+    out = {
+        "content-type": state.content_type,
+        "stream-next-offset": next_offset,
+        "etag": tag,
+        "cache-control": rules.CACHE_AT_TAIL if up_to_date else rules.CACHE_IMMUTABLE,
+    }
+    if up_to_date:
+        out["stream-up-to-date"] = "true"
+    if closed:
+        out["stream-closed"] = "true"
+    if long_poll:
+        out["stream-cursor"] = rules.response_cursor(cursor, now_ms(), _rng)
+    data = [u for _, u in units]
+    body = rules.json_body(data) if state.is_json else b"".join(data)
+    return Response(body, 200, headers=out)
+
+
+def sse_response(
+    manager: StreamManager, live: LiveStream, state: StreamState, seq: int, cursor: str | None
+) -> StreamingResponse:
+    out = {
+        "content-type": "text/event-stream",
+        "cache-control": "no-cache",
+        "x-accel-buffering": "no",
+    }
+    if rules.sse_uses_base64(state.content_type):
+        out["stream-sse-data-encoding"] = "base64"
+    return StreamingResponse(_sse(manager, live, state, seq, cursor), headers=out)
+
+
+async def _sse(
+    manager: StreamManager, live: LiveStream, state: StreamState, seq: int, cursor: str | None
+) -> AsyncIterator[bytes]:
+    """Data events, each followed by a control event; ends when the stream is closed and
+    read to its end, deleted, after :data:`SSE_MAX_SECONDS`, or at shutdown."""
+    stream_id, content_type = state.id, state.content_type
+    seq = min(seq, state.tail)
+    deadline = time.monotonic() + SSE_MAX_SECONDS
+    store = manager.store
+    assert store is not None
+    live.waiters += 1
+    try:
+        first = True
+        while True:
+            current = live.state
+            if current is None or current.id != stream_id:
+                return
+            units: list[tuple[int, bytes]] = []
+            if seq < current.tail:
+                units = await store.read_units(stream_id, seq, current.tail, MAX_READ_BYTES)
+            # A data event and its control go out in one write: a client that stops
+            # reading at the first "event: control" it sees (even inside a payload line)
+            # still gets the whole pair.
+            chunk = b""
+            if units:
+                seq = units[-1][0]
+                chunk = rules.sse_data(content_type, [u for _, u in units])
+            at_tail = seq >= current.tail
+            ended = current.closed and at_tail
+            if units or first or ended:
+                control_cursor = rules.response_cursor(cursor, now_ms(), _rng)
+                chunk += rules.sse_control(seq, control_cursor, up_to_date=at_tail, closed=ended)
+                yield chunk
+            first = False
+            if ended:
+                return
+            if not at_tail:
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or manager.closing:
+                return
+            timeout = min(manager.config.stream_long_poll_seconds, remaining)
+            changed = await manager.wait_beyond(live, seq, timeout)
+            manager.accessed(live)
+            if manager.closing:
+                return
+            if not changed:
+                keepalive = rules.response_cursor(cursor, now_ms(), _rng)
+                yield rules.sse_control(seq, keepalive, up_to_date=True, closed=False)
+    finally:
+        live.waiters -= 1

@@ -1,0 +1,294 @@
+"""This node's live Durable Streams: metadata cache, waiting readers, access times.
+
+Theory of operation:
+
+* The store is the authority. Every state this node holds of a stream came from a store
+  job, applied by the store's listener in commit order (store.py), and a cache miss loads
+  through the same ordered queue: so the cache never runs behind what a caller of this
+  node has been told, and reads-your-writes holds.
+* Long-poll and SSE readers wait on a stream's ``changed`` future, signalled whenever its
+  tail, closure or existence changes. An entry with waiters is never evicted.
+* The sliding TTL is renewed by every read and write (not HEAD). Reads renew it in
+  memory (``accessed_ms``), passed to every write job, which decides expiry on the later
+  of it and the stored time; the stored time is brought forward by a ``touch`` job at most
+  once per a quarter of the TTL (capped at a minute), on eviction and at shutdown, so a
+  read costs no write. Expired streams answer 404 and are removed on first access or by
+  the sweeper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from typing import Any, Final
+
+from agentsync.config import Config
+from agentsync.protocol import Unavailable, now_ms
+from agentsync.streams import rules
+from agentsync.streams.rules import AppendRequest, CreateRequest, StreamState
+from agentsync.streams.store import Appended, Created, StreamStore
+
+log = logging.getLogger("agentsync.streams")
+
+MAX_ENTRIES: Final = 10_000  # streams whose metadata this node keeps in memory
+MAX_TOUCH_INTERVAL_MS: Final = 60_000
+# An entry is evicted only when unused this long, so that a request holding it (between
+# get() and starting to wait) is never left waiting on an entry the store no longer feeds.
+MIN_IDLE_BEFORE_EVICTION: Final = 60.0
+SWEEP_BATCH: Final = 500
+
+
+class LiveStream:
+    """One stream path as this node knows it (``state`` None: no stream there)."""
+
+    __slots__ = (
+        "accessed_ms",
+        "changed",
+        "last_used",
+        "loading",
+        "path",
+        "state",
+        "touching",
+        "waiters",
+    )
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.state: StreamState | None = None
+        self.accessed_ms = 0  # the latest read or write seen by this node
+        self.changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters = 0  # long-poll and SSE readers waiting on ``changed``
+        self.loading: asyncio.Future[StreamState | None] | None = None
+        self.touching = False
+        self.last_used = time.monotonic()  # a request may still hold it for a moment
+
+    def signal(self) -> None:
+        if not self.changed.done():
+            self.changed.set_result(None)
+        self.changed = asyncio.get_running_loop().create_future()
+
+    @property
+    def dirty(self) -> bool:
+        """Accessed since the stored access time, and the stream has a sliding TTL."""
+        state = self.state
+        return (
+            state is not None
+            and state.ttl_seconds is not None
+            and self.accessed_ms > state.accessed_at
+        )
+
+
+class StreamManager:
+    """Owns this node's :class:`LiveStream` entries; the HTTP edge calls into it."""
+
+    def __init__(self, config: Config, store: StreamStore | None) -> None:
+        self.config = config
+        self.store = store  # None: this node's store has no streams backend yet
+        self.entries: OrderedDict[str, LiveStream] = OrderedDict()  # least recent first
+        self.closing = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        if store is not None:
+            store.observe(self._apply)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.store is None:
+            return
+        await self.store.open()
+        self._spawn(self._sweep_loop())
+
+    def begin_shutdown(self) -> None:
+        """End every long-poll and SSE wait (readers resume from their offsets)."""
+        self.closing = True
+        for live in self.entries.values():
+            live.signal()
+
+    async def stop(self) -> None:
+        """End waits, persist access times, stop the sweeper; before the store closes."""
+        self.begin_shutdown()
+        if self.store is not None:
+            for live in list(self.entries.values()):
+                state = live.state
+                if live.dirty and state is not None:
+                    with contextlib.suppress(Exception):
+                        await self.store.touch(live.path, state.id, live.accessed_ms)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _require(self) -> StreamStore:
+        if self.store is None:
+            raise Unavailable(
+                "Durable Streams are served on the SQLite store only for now; "
+                "this node runs on PostgreSQL"
+            )
+        return self.store
+
+    # -- the cache ----------------------------------------------------------------------
+
+    def _apply(self, path: str, state: StreamState | None) -> None:
+        """The store's listener: a committed job's resulting state, in commit order."""
+        live = self.entries.get(path)
+        if live is None:
+            return  # not cached: a later load is ordered after this job
+        old = live.state
+        live.state = state
+        if (
+            old is None
+            or state is None
+            or old.id != state.id
+            or old.tail != state.tail
+            or old.closed != state.closed
+        ):
+            live.signal()
+
+    async def get(self, path: str) -> LiveStream:
+        """The entry of ``path`` (its ``state`` may be None), loaded on first use."""
+        store = self._require()
+        live = self.entries.get(path)
+        if live is None:
+            live = LiveStream(path)
+            self.entries[path] = live
+            live.loading = asyncio.ensure_future(store.load(path))
+            self._evict()
+        loading = live.loading
+        if loading is not None:
+            try:
+                await asyncio.shield(loading)
+            except BaseException:
+                if self.entries.get(path) is live and live.state is None:
+                    del self.entries[path]
+                raise
+            finally:
+                if loading.done():
+                    live.loading = None
+        self.entries.move_to_end(path)
+        live.last_used = time.monotonic()
+        return live
+
+    async def current(self, path: str) -> tuple[LiveStream, StreamState]:
+        """The stream at ``path``; 404 when there is none or it has expired."""
+        live = await self.get(path)
+        state = live.state
+        if state is None:
+            raise rules.not_found(path)
+        now = now_ms()
+        if state.expired(now, live.accessed_ms):
+            store = self._require()
+            if await store.delete_expired(path, state.id, now, live.accessed_ms):
+                raise rules.not_found(path)
+            state = live.state  # the store found it alive after all (or already gone)
+            if state is None:
+                raise rules.not_found(path)
+        return live, state
+
+    def accessed(self, live: LiveStream) -> None:
+        """A read: renew the sliding TTL in memory, and in the store now and then."""
+        now = now_ms()
+        live.accessed_ms = max(live.accessed_ms, now)
+        state = live.state
+        if state is None or state.ttl_seconds is None or live.touching:
+            return
+        interval = min(state.ttl_seconds * 1000 // 4, MAX_TOUCH_INTERVAL_MS)
+        if now - state.accessed_at >= interval:
+            live.touching = True
+            self._spawn(self._touch(live, state.id))
+
+    async def _touch(self, live: LiveStream, stream_id: int) -> None:
+        try:
+            await self._require().touch(live.path, stream_id, live.accessed_ms)
+        except Exception as exc:
+            log.warning("persisting the access time of stream %r failed: %s", live.path, exc)
+        finally:
+            live.touching = False
+
+    def _evict(self) -> None:
+        if len(self.entries) <= MAX_ENTRIES:
+            return
+        idle_since = time.monotonic() - MIN_IDLE_BEFORE_EVICTION
+        for path, live in list(self.entries.items()):
+            if len(self.entries) <= MAX_ENTRIES or live.last_used > idle_since:
+                break  # least recently used first: the rest are in use too
+            if live.waiters or live.loading is not None or live.touching:
+                continue
+            del self.entries[path]
+            if live.dirty and live.state is not None:
+                self._spawn(self._touch(live, live.state.id))
+
+    # -- writes -------------------------------------------------------------------------
+
+    def _hint(self, path: str) -> int:
+        live = self.entries.get(path)
+        return live.accessed_ms if live is not None else 0
+
+    def _wrote(self, path: str, when: int) -> None:
+        live = self.entries.get(path)
+        if live is not None:
+            live.accessed_ms = max(live.accessed_ms, when)
+
+    async def create(self, path: str, req: CreateRequest) -> Created:
+        now = now_ms()
+        created = await self._require().create(path, req, now, self._hint(path))
+        self._wrote(path, now)
+        return created
+
+    async def append(self, path: str, req: AppendRequest) -> Appended:
+        now = now_ms()
+        appended = await self._require().append(path, req, now, self._hint(path))
+        self._wrote(path, now)
+        return appended
+
+    async def delete(self, path: str) -> bool:
+        return await self._require().delete(path, now_ms(), self._hint(path))
+
+    # -- waiting ------------------------------------------------------------------------
+
+    async def wait_beyond(self, live: LiveStream, seq: int, seconds: float) -> bool:
+        """Wait until the stream holds more than ``seq`` units, closes, goes away or the
+        node shuts down (True), or ``seconds`` pass (False)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        live.waiters += 1
+        try:
+            while True:
+                state = live.state
+                if state is None or state.tail > seq or state.closed or self.closing:
+                    return True
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return False
+                try:
+                    await asyncio.wait_for(asyncio.shield(live.changed), remaining)
+                except TimeoutError:
+                    return False
+        finally:
+            live.waiters -= 1
+
+    # -- expiry -------------------------------------------------------------------------
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sweep_interval_seconds)
+            try:
+                await self.sweep_expired()
+            except Exception:
+                log.exception("stream expiry sweep failed")
+
+    async def sweep_expired(self) -> int:
+        """Remove streams expired by their stored access times and this node's."""
+        store = self._require()
+        now = now_ms()
+        removed = 0
+        for path, stream_id in await store.expired(now, SWEEP_BATCH):
+            if await store.delete_expired(path, stream_id, now, self._hint(path)):
+                removed += 1
+        return removed

@@ -1,0 +1,83 @@
+"""agentsync's own rules at /v1/stream/ beyond the official suite: who may write, what is
+reserved or not supported yet, and what survives a restart."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+KEY = "stream-key-for-tests"
+
+
+async def test_writes_need_the_stream_key_once_one_is_set(server_factory: Any) -> None:
+    srv = server_factory(stream_key=KEY)
+    async with httpx.AsyncClient(base_url=srv.url, timeout=10.0) as client:
+        plain = {"content-type": "text/plain"}
+        assert (await client.put("/v1/stream/k", headers=plain)).status_code == 401
+        wrong = {**plain, "authorization": "Bearer nope"}
+        assert (await client.put("/v1/stream/k", headers=wrong)).status_code == 403
+        right = {**plain, "authorization": f"Bearer {KEY}"}
+        assert (await client.put("/v1/stream/k", headers=right, content=b"a")).status_code == 201
+        assert (await client.post("/v1/stream/k", headers=plain, content=b"b")).status_code == 401
+        assert (await client.delete("/v1/stream/k")).status_code == 401
+        read = await client.get("/v1/stream/k")  # reads are open
+        assert (read.status_code, read.text) == (200, "a")
+        assert (await client.delete("/v1/stream/k", headers=right)).status_code == 204
+
+
+async def test_forks_and_reserved_paths_are_refused_clearly(server_factory: Any) -> None:
+    srv = server_factory()
+    async with httpx.AsyncClient(base_url=srv.url, timeout=10.0) as client:
+        assert (await client.put("/v1/stream/src")).status_code == 201
+        fork = await client.put("/v1/stream/f", headers={"stream-forked-from": "/v1/stream/src"})
+        assert fork.status_code == 501
+        assert fork.json()["error"]["code"] == "forks_unsupported"
+        assert (await client.get("/v1/stream/f")).status_code == 404  # nothing was created
+        for path in ("/v1/stream/sessions/abc", "/v1/stream/__ds/x"):
+            reserved = await client.put(path)
+            assert reserved.status_code == 403
+            assert reserved.json()["error"]["code"] == "reserved_path"
+
+
+async def test_streams_and_producers_survive_a_restart(server_factory: Any) -> None:
+    srv = server_factory()
+    producer = {"producer-id": "p", "producer-epoch": "3", "content-type": "text/plain"}
+    async with httpx.AsyncClient(base_url=srv.url, timeout=10.0) as client:
+        created = await client.put(
+            "/v1/stream/kept", headers={"content-type": "text/plain", "stream-ttl": "3600"}
+        )
+        assert created.status_code == 201
+        for seq in range(3):
+            resp = await client.post(
+                "/v1/stream/kept", headers={**producer, "producer-seq": str(seq)}, content=b"x"
+            )
+            assert resp.status_code == 200
+        tag = (await client.get("/v1/stream/kept")).headers["etag"]
+    await srv.aterminate()
+    await srv.arestart()
+    async with httpx.AsyncClient(base_url=srv.url, timeout=10.0) as client:
+        head = await client.head("/v1/stream/kept")
+        assert head.headers["stream-ttl"] == "3600"
+        assert head.headers["stream-next-offset"] == "0000000000000000_0000000000000003"
+        dup = await client.post(
+            "/v1/stream/kept", headers={**producer, "producer-seq": "1"}, content=b"x"
+        )
+        assert (dup.status_code, dup.headers["producer-seq"]) == (204, "2")
+        stale = await client.post(
+            "/v1/stream/kept",
+            headers={**producer, "producer-epoch": "2", "producer-seq": "0"},
+            content=b"x",
+        )
+        assert (stale.status_code, stale.headers["producer-epoch"]) == (403, "3")
+        same = await client.get("/v1/stream/kept", headers={"if-none-match": tag})
+        assert same.status_code == 304
+        # delete and re-create: a new incarnation, old ETags and producers do not match
+        assert (await client.delete("/v1/stream/kept")).status_code == 204
+        assert (await client.put("/v1/stream/kept", headers=producer)).status_code == 201
+        fresh = await client.get("/v1/stream/kept", headers={"if-none-match": tag})
+        assert (fresh.status_code, fresh.text) == (200, "")
+        again = await client.post(
+            "/v1/stream/kept", headers={**producer, "producer-seq": "0"}, content=b"y"
+        )
+        assert again.status_code == 200

@@ -1,0 +1,115 @@
+"""The stream store and manager in-process, on a real SQLite file: ordering of pipelined
+jobs, the cache fed in commit order, expiry and the coarse access-time persistence."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agentsync.config import Config
+from agentsync.store.sqlite import SQLiteStore
+from agentsync.streams import rules
+from agentsync.streams.manager import StreamManager
+from agentsync.streams.rules import AppendRequest, CreateRequest, Producer, StreamError, Write
+from agentsync.streams.sqlite import SQLiteStreamStore
+
+TEXT = CreateRequest("text/plain", None, None, None, False, None)
+
+
+def producer_append(seq: int, body: bytes = b"x", epoch: int = 0) -> AppendRequest:
+    return AppendRequest(body, "text/plain", None, Producer("p", epoch, seq), close=False)
+
+
+@pytest.fixture
+async def manager(tmp_path: Path) -> AsyncIterator[StreamManager]:
+    store = SQLiteStore(tmp_path / "agentsync.db")
+    await store.open()
+    manager = StreamManager(Config(data=str(tmp_path)), SQLiteStreamStore(store))
+    await manager.start()
+    try:
+        yield manager
+    finally:
+        await manager.stop()
+        await store.close()
+
+
+async def all_data(manager: StreamManager, path: str) -> bytes:
+    _live, state = await manager.current(path)
+    assert manager.store is not None
+    units = await manager.store.read_units(state.id, 0, state.tail, 1 << 30)
+    return b"".join(u for _, u in units)
+
+
+async def test_pipelined_producer_appends_keep_their_order(manager: StreamManager) -> None:
+    await manager.create("s", TEXT)
+    # All queued before any commits: the writer runs them in queue order, so a producer
+    # that pipelines (as the official IdempotentProducer does) never sees a false gap.
+    results = await asyncio.gather(
+        *(manager.append("s", producer_append(i, b"%d," % i)) for i in range(200))
+    )
+    assert all(isinstance(r.outcome, Write) for r in results)
+    assert [r.state.tail for r in results] == list(range(1, 201))
+    assert await all_data(manager, "s") == b"".join(b"%d," % i for i in range(200))
+
+
+async def test_retries_in_the_same_group_are_duplicates(manager: StreamManager) -> None:
+    await manager.create("s", TEXT)
+    first, again, gap = await asyncio.gather(
+        manager.append("s", producer_append(0)),
+        manager.append("s", producer_append(0, b"other")),
+        manager.append("s", producer_append(5)),
+        return_exceptions=True,
+    )
+    assert not isinstance(first, BaseException) and isinstance(first.outcome, Write)
+    assert not isinstance(again, BaseException)
+    assert again.outcome == rules.Duplicate(0, 0, closed=False)
+    assert isinstance(gap, StreamError) and gap.status == 409
+    assert await all_data(manager, "s") == b"x"
+
+
+async def test_the_cache_hears_of_a_write_whose_caller_went_away(manager: StreamManager) -> None:
+    await manager.create("s", TEXT)
+    live = await manager.get("s")
+    waiter = asyncio.ensure_future(manager.wait_beyond(live, 0, 5.0))
+    task = asyncio.ensure_future(manager.append("s", producer_append(0)))
+    await asyncio.sleep(0)  # the job is queued
+    task.cancel()
+    assert await waiter is True  # woken by the committed append, not by a timeout
+    assert live.state is not None and live.state.tail == 1
+
+
+async def test_expired_streams_answer_404_and_can_be_created_again(
+    manager: StreamManager,
+) -> None:
+    await manager.create("s", dataclasses.replace(TEXT, ttl_seconds=1, unit=b"old"))
+    first_id = (await manager.current("s"))[1].id
+    await asyncio.sleep(1.05)
+    with pytest.raises(StreamError) as info:
+        await manager.current("s")
+    assert info.value.status == 404
+    created = await manager.create("s", dataclasses.replace(TEXT, ttl_seconds=1))
+    assert created.new and created.state.id != first_id
+    assert await all_data(manager, "s") == b""
+
+
+async def test_reads_renew_the_ttl_in_memory_and_persist_it_coarsely(
+    manager: StreamManager,
+) -> None:
+    await manager.create("s", dataclasses.replace(TEXT, ttl_seconds=1))
+    live, state = await manager.current("s")
+    manager.accessed(live)
+    assert not live.touching  # just written: nothing to persist yet
+    await asyncio.sleep(0.3)  # a quarter of the TTL
+    manager.accessed(live)
+    assert live.touching
+    await asyncio.sleep(0)  # the touch job is queued...
+    assert manager.store is not None
+    await manager.store.load("s")  # ...and committed before this one
+    assert live.state is not None and live.state.accessed_at > state.accessed_at
+    await asyncio.sleep(0.8)  # past the TTL counted from creation, not from the read
+    manager.accessed(live)
+    await manager.current("s")
