@@ -111,8 +111,7 @@ def parse_items(obj: Any, *, max_items: int) -> list[Item]:
 
 
 def _rank(item: Item) -> tuple[int, str]:
-    """Session-level items first, then messages and parts in creation order; stable, so
-    two items with one key keep their order (the later one wins)."""
+    """Session-level items first, then messages and parts in creation order."""
     if item.type == "message":
         return (1, item.data["id"])
     if item.type == "part":
@@ -149,7 +148,10 @@ class Translator:
         self._unfinished: dict[str, bool] = {}  # assistant message id -> not completed
 
     def translate(self, items: Iterable[Item]) -> list[NewEvent]:
-        for item in sorted(items, key=_rank):
+        # An item replaces an earlier one with its key, also within one sync: keep the last
+        # (a delta computed from two versions of one part would double the text).
+        latest = {item.key: item for item in items}
+        for item in sorted(latest.values(), key=_rank):
             if item.type == "message":
                 self._message(item.data)
             elif item.type == "part":

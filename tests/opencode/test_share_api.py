@@ -376,3 +376,14 @@ async def test_the_terminal_view_shows_an_opencode_share_compactly(
     assert text.index("Read notes.txt") < text.index("Let me read") < text.index("I have")
     assert "✗ error: File not found" in text and "null" not in text
     assert "step: tool-calls · 100 in · 19 out · $0.0000" in text
+
+
+async def test_a_part_sent_twice_in_one_sync_counts_once(http: httpx.AsyncClient) -> None:
+    share = await create(http)
+    info = {"id": "msg_a", "sessionID": "ses_x", "role": "assistant", "time": {"created": 1}}
+    part = {"id": "prt_a", "messageID": "msg_a", "sessionID": "ses_x", "type": "text"}
+    await sync(http, share, [{"type": "message", "data": info}])
+    await sync(http, share, [{"type": "part", "data": {**part, "text": "ab"}}])
+    twice = [{"type": "part", "data": {**part, "text": t}} for t in ("abc", "abcd")]
+    assert (await sync(http, share, twice)).status_code == 200
+    assert (await items_of(http, share))["part/msg_a/prt_a"]["text"] == "abcd"
