@@ -17,24 +17,13 @@ from .runner import ConformanceError, run_conformance
 
 LONG_POLL_SECONDS = 1  # the suite's offset=now long-poll tests have 5 s in all
 
-# Forks (Stream-Forked-From, soft delete, reference counts) are not implemented yet: the
-# server answers 501. Every test whose area starts with "Fork" is expected to fail...
-EXPECTED_FAILURE_PREFIXES = {"Fork": "forks are not supported yet (501)"}
-# ...except these, which pass without forks (they only check what a refused fork leaves).
-PASSING_WITHOUT_FORKS = {
-    "Fork - Reading > should NOT include fork headers on HEAD/GET/PUT responses "
-    "(forks are transparent)",
-    "Fork - Deletion and Lifecycle > should keep source alive when all forks are deleted",
-    "Fork - TTL and Expiry > should expire source with living forks (source goes 410)",
-}
-# Any other test expected to fail: exact name -> one-line reason.
+# Tests expected to fail: exact name -> one-line reason. A listed test that passes fails
+# this test too.
 EXPECTED_FAILURES: dict[str, str] = {}
 
 
 def expected_to_fail(name: str) -> bool:
-    if name in EXPECTED_FAILURES:
-        return True
-    return name not in PASSING_WITHOUT_FORKS and name.startswith(tuple(EXPECTED_FAILURE_PREFIXES))
+    return name in EXPECTED_FAILURES
 
 
 def test_official_conformance_suite(server_factory: Any, tmp_path: Path) -> None:

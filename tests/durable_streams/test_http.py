@@ -1,5 +1,5 @@
 """agentsync's own rules at /v1/stream/ beyond the official suite: who may write, what is
-reserved or not supported yet, and what survives a restart."""
+reserved or refused, and what survives a restart."""
 
 from __future__ import annotations
 
@@ -26,16 +26,17 @@ async def test_writes_need_the_stream_key_once_one_is_set(server_factory: Any) -
         assert (await client.delete("/v1/stream/k", headers=right)).status_code == 204
 
 
-async def test_forks_and_reserved_paths_are_refused_clearly(server_factory: Any) -> None:
+async def test_bad_forks_and_reserved_paths_are_refused_clearly(server_factory: Any) -> None:
     srv = server_factory()
     async with httpx.AsyncClient(base_url=srv.url, timeout=10.0) as client:
         assert (await client.put("/v1/stream/src")).status_code == 201
-        fork = await client.put("/v1/stream/f", headers={"stream-forked-from": "/v1/stream/src"})
-        assert fork.status_code == 501
-        assert fork.json()["error"]["code"] == "forks_unsupported"
+        fork = await client.put("/v1/stream/f", headers={"stream-forked-from": "/elsewhere/src"})
+        assert fork.status_code == 400
+        assert fork.json()["error"]["code"] == "bad_fork"
         assert (await client.get("/v1/stream/f")).status_code == 404  # nothing was created
-        for path in ("/v1/stream/sessions/abc", "/v1/stream/__ds/x"):
-            reserved = await client.put(path)
+        # (/v1/stream/sessions/{id} itself is the read-only session route's: 405)
+        for path in ("/v1/stream/sessions/abc/x", "/v1/stream/__ds/x"):
+            reserved = await client.put(path, headers={"stream-forked-from": "/v1/stream/src"})
             assert reserved.status_code == 403
             assert reserved.json()["error"]["code"] == "reserved_path"
 

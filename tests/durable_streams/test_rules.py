@@ -9,15 +9,18 @@ from dataclasses import replace
 import orjson
 import pytest
 
-from agentsync.streams import rules
+from agentsync.streams import forks, rules
 from agentsync.streams.rules import (
     NOW,
     START,
     AppendRequest,
     CreateRequest,
     Duplicate,
+    Fork,
+    ForkRequest,
     Producer,
     ProducerState,
+    Segment,
     StreamError,
     StreamState,
     Write,
@@ -129,10 +132,58 @@ def test_producer_headers_all_or_none() -> None:
         assert info.value.status == 400
 
 
-def test_fork_headers_are_recognised() -> None:
-    assert rules.is_fork_request({"stream-forked-from": "/v1/stream/a"})
-    assert rules.is_fork_request({"stream-fork-sub-offset": "0"})
-    assert not rules.is_fork_request({"content-type": "text/plain"})
+def test_fork_headers() -> None:
+    prefix = "/v1/stream/"
+    assert forks.parse_fork(None, None, None, prefix) is None
+    assert forks.parse_fork("/v1/stream/a%20b", None, None, prefix) == ForkRequest("a b", None, 0)
+    assert forks.parse_fork("http://h/v1/stream/a", rules.offset_of(2), "3", prefix) == (
+        ForkRequest("a", 2, 3)
+    )
+    beyond = forks.parse_fork("/v1/stream/a", "9999999999999999_9999999999999999", None, prefix)
+    assert beyond is not None and beyond.offset == forks.BEYOND
+    for bad in [(None, None, "0"), (None, rules.offset_of(1), None), ("/elsewhere/a", None, None),
+                ("/v1/stream/a", "1", None), ("/v1/stream/a", None, "05"),
+                ("/v1/stream/a", None, "-1"), ("/v1/stream/a", None, "1.5")]:  # fmt: skip
+        with pytest.raises(StreamError) as info:
+            forks.parse_fork(*bad, prefix)
+        assert info.value.status == 400
+
+
+def test_a_fork_inherits_type_offset_and_expiry_from_its_source() -> None:
+    source = replace(STATE, ttl_seconds=60)
+    req = CreateRequest(None, None, None, None, False, None, ForkRequest("s", None, 0))
+    resolved = forks.resolve(source, req)
+    assert (resolved.content_type, resolved.ttl_seconds) == ("text/plain", 60)
+    assert resolved.fork == ForkRequest("s", 3, 0)  # the source's tail
+    own = forks.resolve(source, replace(req, expires_at="x", expires_at_ms=1))
+    assert (own.ttl_seconds, own.expires_at) == (None, "x")  # its own, never capped
+    for bad, status in [(replace(req, content_type="application/json"), 409),
+                        (replace(req, fork=ForkRequest("s", 4, 0)), 400)]:  # fmt: skip
+        with pytest.raises(StreamError) as info:
+            forks.resolve(source, bad)
+        assert info.value.status == status
+
+
+def test_reads_of_a_fork_chain_are_capped_at_each_level() -> None:
+    root = replace(STATE, id=1, tail=5)
+    # level 1 forks the root at 4, then holds seqs 5..6 itself
+    middle = replace(root, id=2, tail=6, fork=Fork("root", 1, 4, 0, forks.lineage(root, 4)))
+    # level 2 forks level 1 at 2, inside what level 1 inherited
+    leaf = replace(root, id=3, tail=3, fork=Fork("mid", 2, 2, 0, forks.lineage(middle, 2)))
+    assert forks.segments(middle, 0, 6) == [Segment(1, 0, 4), Segment(2, 4, 6)]
+    assert forks.segments(leaf, 0, 3) == [Segment(1, 0, 2), Segment(3, 2, 3)]
+    assert forks.segments(leaf, 2, 3) == [Segment(3, 2, 3)]
+    assert forks.segments(replace(root, id=4, tail=0, fork=Fork("r", 1, 0, 0, ())), 0, 0) == []
+
+
+def test_sub_offset_prefixes() -> None:
+    assert forks.sub_offset_prefix(b"hello", 3, json=False) == b"hel"
+    assert forks.sub_offset_prefix(b"hello", 5, json=False) == b"hello"
+    assert forks.sub_offset_prefix(b'{"a":1},[2],3', 2, json=True) == b'{"a":1},[2]'
+    for unit, k, json in [(None, 1, False), (b"hi", 3, False), (b"1,2", 3, True)]:
+        with pytest.raises(StreamError) as info:
+            forks.sub_offset_prefix(unit, k, json=json)
+        assert info.value.status == 400
 
 
 # --- JSON mode -------------------------------------------------------------------------

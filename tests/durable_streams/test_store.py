@@ -12,7 +12,7 @@ import pytest
 
 from agentsync.config import Config
 from agentsync.store.sqlite import SQLiteStore
-from agentsync.streams import rules
+from agentsync.streams import forks, rules
 from agentsync.streams.manager import StreamManager
 from agentsync.streams.rules import AppendRequest, CreateRequest, Producer, StreamError, Write
 from agentsync.streams.sqlite import SQLiteStreamStore
@@ -40,7 +40,7 @@ async def manager(tmp_path: Path) -> AsyncIterator[StreamManager]:
 async def all_data(manager: StreamManager, path: str) -> bytes:
     _live, state = await manager.current(path)
     assert manager.store is not None
-    units = await manager.store.read_units(state.id, 0, state.tail, 1 << 30)
+    units = await manager.store.read_units(forks.segments(state, 0, state.tail), 1 << 30)
     return b"".join(u for _, u in units)
 
 
@@ -85,7 +85,7 @@ async def test_the_cache_hears_of_a_write_whose_caller_went_away(manager: Stream
 async def test_expired_streams_answer_404_and_can_be_created_again(
     manager: StreamManager,
 ) -> None:
-    await manager.create("s", dataclasses.replace(TEXT, ttl_seconds=1, unit=b"old"))
+    await manager.create("s", dataclasses.replace(TEXT, ttl_seconds=1, body=b"old"))
     first_id = (await manager.current("s"))[1].id
     await asyncio.sleep(1.05)
     with pytest.raises(StreamError) as info:

@@ -8,8 +8,7 @@ compare the stream's content type exactly.
 
 Writes are open on a loopback bind; otherwise (or once ``--stream-key`` or
 ``--admin-key`` is set) they need ``Authorization: Bearer`` with one of those keys.
-Reads are open. Forks are not supported yet (501), and paths under ``sessions/`` and
-``__ds/`` are reserved.
+Reads are open. Paths under ``sessions/`` and ``__ds/`` are reserved.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from starlette.responses import Response, StreamingResponse
 from agentsync import auth
 from agentsync.protocol import now_ms
 from agentsync.server.http import read_body
-from agentsync.streams import rules
+from agentsync.streams import forks, rules
 from agentsync.streams.manager import LiveStream, StreamManager
 from agentsync.streams.rules import (
     NOW,
@@ -41,6 +40,7 @@ MAX_READ_BYTES: Final = 1024 * 1024  # a catch-up response holds at least one un
 SSE_MAX_SECONDS: Final = 60.0  # then the client reconnects from its offset (CDN friendly)
 RESERVED_PREFIXES: Final = ("sessions/", "__ds/")
 ALLOW: Final = "GET, HEAD, PUT, POST, DELETE, OPTIONS"
+ROUTE_PREFIX: Final = "/v1/stream/"  # Stream-Forked-From names a source by this path
 
 _rng = random.Random()
 
@@ -106,12 +106,6 @@ def authorize_write(request: Request) -> None:
 async def create(request: Request) -> Response:
     path = stream_path(request)
     headers = request.headers
-    if rules.is_fork_request(dict(headers)):
-        raise StreamError(
-            501,
-            "forks_unsupported",
-            "forking streams (Stream-Forked-From) is not supported by this server yet",
-        )
     if path.startswith(RESERVED_PREFIXES):
         raise StreamError(
             403,
@@ -120,23 +114,29 @@ async def create(request: Request) -> Response:
             "(agentsync sessions will be readable there); choose another path",
         )
     authorize_write(request)
-    content_type = rules.create_content_type(headers.get("content-type"))
+    fork = forks.parse_fork(
+        headers.get("stream-forked-from"),
+        headers.get("stream-fork-offset"),
+        headers.get("stream-fork-sub-offset"),
+        ROUTE_PREFIX,
+    )
+    content_type: str | None = rules.create_content_type(headers.get("content-type"))
+    if fork is not None and not rules.has_media_type(headers.get("content-type")):
+        content_type = None  # inherited from the source
     ttl_raw, expires_raw = headers.get("stream-ttl"), headers.get("stream-expires-at")
     if ttl_raw is not None and expires_raw is not None:
         raise rules.bad_request("send Stream-TTL or Stream-Expires-At, not both")
     ttl = rules.parse_ttl(ttl_raw)
     expires_ms = rules.parse_expires_at(expires_raw)
     body = await read_body(request, manager_of(request).config.max_body_bytes)
-    unit: bytes | None = body or None
-    if body and rules.is_json(content_type):
-        unit = rules.json_unit(body, initial=True)
     req = CreateRequest(
         content_type=content_type,
         ttl_seconds=ttl,
         expires_at=expires_raw,
         expires_at_ms=expires_ms,
         closed=rules.is_true(headers.get("stream-closed")),
-        unit=unit or None,
+        body=body or None,
+        fork=fork,
     )
     created = await manager_of(request).create(path, req)
     out = rules.created_headers(created.state)
@@ -180,8 +180,7 @@ async def append(request: Request) -> Response:
 async def delete(request: Request) -> Response:
     path = stream_path(request)
     authorize_write(request)
-    if not await manager_of(request).delete(path):
-        raise rules.not_found(path)
+    await manager_of(request).delete(path)
     return Response(None, 204)
 
 
@@ -244,6 +243,8 @@ async def read(request: Request) -> Response:
         now_state = live.state
         if now_state is None or now_state.id != state.id:
             raise rules.not_found(path)
+        if now_state.deleted:
+            raise rules.gone(path)
         state = now_state
         if not changed or state.tail <= after:
             out = _tail_headers(after, closed=state.closed)
@@ -270,7 +271,8 @@ async def _catch_up(
     units: list[tuple[int, bytes]] = []
     if after < state.tail:
         assert manager.store is not None
-        units = await manager.store.read_units(state.id, after, state.tail, MAX_READ_BYTES)
+        pieces = forks.segments(state, after, state.tail)
+        units = await manager.store.read_units(pieces, MAX_READ_BYTES)
     next_seq = units[-1][0] if units else min(after, state.tail)
     up_to_date = next_seq >= state.tail
     closed = state.closed and up_to_date
@@ -314,7 +316,7 @@ async def _sse(
 ) -> AsyncIterator[bytes]:
     """Data events, each followed by a control event; ends when the stream is closed and
     read to its end, deleted, after :data:`SSE_MAX_SECONDS`, or at shutdown."""
-    stream_id, content_type = state.id, state.content_type
+    content_type = state.content_type
     seq = min(seq, state.tail)
     deadline = time.monotonic() + SSE_MAX_SECONDS
     store = manager.store
@@ -324,11 +326,12 @@ async def _sse(
         first = True
         while True:
             current = live.state
-            if current is None or current.id != stream_id:
+            if current is None or current.id != state.id or current.deleted:
                 return
             units: list[tuple[int, bytes]] = []
             if seq < current.tail:
-                units = await store.read_units(stream_id, seq, current.tail, MAX_READ_BYTES)
+                pieces = forks.segments(current, seq, current.tail)
+                units = await store.read_units(pieces, MAX_READ_BYTES)
             # A data event and its control go out in one write: a client that stops
             # reading at the first "event: control" it sees (even inside a payload line)
             # still gets the whole pair.

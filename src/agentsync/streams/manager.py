@@ -13,7 +13,7 @@ Theory of operation:
   of it and the stored time; the stored time is brought forward by a ``touch`` job at most
   once per a quarter of the TTL (capped at a minute), on eviction and at shutdown, so a
   read costs no write. Expired streams answer 404 and are removed on first access or by
-  the sweeper.
+  the sweeper (410 and soft-deleted instead, while forks hold references on them).
 """
 
 from __future__ import annotations
@@ -148,6 +148,7 @@ class StreamManager:
             or old.id != state.id
             or old.tail != state.tail
             or old.closed != state.closed
+            or old.deleted != state.deleted
         ):
             live.signal()
 
@@ -176,19 +177,20 @@ class StreamManager:
         return live
 
     async def current(self, path: str) -> tuple[LiveStream, StreamState]:
-        """The stream at ``path``; 404 when there is none or it has expired."""
+        """The stream at ``path``; 404 when there is none or it has expired, 410 when it
+        is soft-deleted (deleted or expired while forks read through it)."""
         live = await self.get(path)
         state = live.state
+        if state is not None and not state.deleted:
+            now = now_ms()
+            if state.expired(now, live.accessed_ms):
+                store = self._require()
+                await store.delete_expired(path, state.id, now, live.accessed_ms)
+                state = live.state  # retired (removed or soft-deleted), or alive after all
         if state is None:
             raise rules.not_found(path)
-        now = now_ms()
-        if state.expired(now, live.accessed_ms):
-            store = self._require()
-            if await store.delete_expired(path, state.id, now, live.accessed_ms):
-                raise rules.not_found(path)
-            state = live.state  # the store found it alive after all (or already gone)
-            if state is None:
-                raise rules.not_found(path)
+        if state.deleted:
+            raise rules.gone(path)
         return live, state
 
     def accessed(self, live: LiveStream) -> None:
@@ -237,7 +239,8 @@ class StreamManager:
 
     async def create(self, path: str, req: CreateRequest) -> Created:
         now = now_ms()
-        created = await self._require().create(path, req, now, self._hint(path))
+        source_hint = 0 if req.fork is None else self._hint(req.fork.source)
+        created = await self._require().create(path, req, now, self._hint(path), source_hint)
         self._wrote(path, now)
         return created
 
@@ -247,21 +250,28 @@ class StreamManager:
         self._wrote(path, now)
         return appended
 
-    async def delete(self, path: str) -> bool:
-        return await self._require().delete(path, now_ms(), self._hint(path))
+    async def delete(self, path: str) -> None:
+        """Raises StreamError 404 or 410 (see :meth:`StreamStore.delete`)."""
+        await self._require().delete(path, now_ms(), self._hint(path))
 
     # -- waiting ------------------------------------------------------------------------
 
     async def wait_beyond(self, live: LiveStream, seq: int, seconds: float) -> bool:
-        """Wait until the stream holds more than ``seq`` units, closes, goes away or the
-        node shuts down (True), or ``seconds`` pass (False)."""
+        """Wait until the stream holds more than ``seq`` units, closes, goes away (or is
+        soft-deleted) or the node shuts down (True), or ``seconds`` pass (False)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         live.waiters += 1
         try:
             while True:
                 state = live.state
-                if state is None or state.tail > seq or state.closed or self.closing:
+                if (
+                    state is None
+                    or state.deleted
+                    or state.tail > seq
+                    or state.closed
+                    or self.closing
+                ):
                     return True
                 remaining = deadline - loop.time()
                 if remaining <= 0:

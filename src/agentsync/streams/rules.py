@@ -79,6 +79,13 @@ def not_found(path: str) -> StreamError:
     return StreamError(404, "not_found", f"no stream at {path!r}")
 
 
+def gone(path: str) -> StreamError:
+    """A soft-deleted stream: deleted (or expired) while forks still read through it."""
+    return StreamError(
+        410, "stream_gone", f"stream {path!r} was deleted; its forks still read its data"
+    )
+
+
 # --- offsets ---------------------------------------------------------------------------
 
 
@@ -128,9 +135,15 @@ def is_json(content_type: str | None) -> bool:
     return media_type(content_type) == JSON_TYPE
 
 
+def has_media_type(header: str | None) -> bool:
+    """The header names a ``type/subtype`` (else a PUT gets the default, a fork its
+    source's)."""
+    return header is not None and _MEDIA_TYPE.match(header.strip()) is not None
+
+
 def create_content_type(header: str | None) -> str:
     """A PUT's content type, kept verbatim; absent or not ``type/subtype``: octet-stream."""
-    if header is None or not _MEDIA_TYPE.match(header.strip()):
+    if header is None or not has_media_type(header):
         return DEFAULT_CONTENT_TYPE
     return header.strip()
 
@@ -188,11 +201,13 @@ def parse_producer(producer_id: str | None, epoch: str | None, seq: str | None) 
     return Producer(producer_id, numbers[0], numbers[1])
 
 
-def is_fork_request(headers: dict[str, str]) -> bool:
-    return any(
-        name in headers
-        for name in ("stream-forked-from", "stream-fork-offset", "stream-fork-sub-offset")
-    )
+def initial_unit(content_type: str, body: bytes | None) -> bytes | None:
+    """A PUT's body as its first unit (None: no unit), once the content type is known."""
+    if not body:
+        return None
+    if is_json(content_type):
+        return json_unit(body, initial=True) or None
+    return body
 
 
 # --- JSON mode -------------------------------------------------------------------------
@@ -224,6 +239,38 @@ def json_body(units: list[bytes]) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
+class Segment:
+    """Units ``after < seq <= up_to`` of stream ``stream_id``: a piece of a read."""
+
+    stream_id: int
+    after: int
+    up_to: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fork:
+    """What a fork was created from. Its own units follow ``offset`` in the source's seq
+    space; ``inherited`` (root first) is where the seqs up to ``offset`` are stored, fixed
+    at creation: the streams named there are kept (soft-deleted at worst) while it lives."""
+
+    source_path: str
+    source_id: int
+    offset: int
+    sub_offset: int
+    inherited: tuple[Segment, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ForkRequest:
+    """``Stream-Forked-From`` (as a stream path), ``-Fork-Offset`` (None: the source's
+    tail) and ``-Fork-Sub-Offset`` (0: none)."""
+
+    source: str
+    offset: int | None
+    sub_offset: int
+
+
+@dataclass(frozen=True, slots=True)
 class StreamState:
     """One stream as its store row holds it. ``id`` changes with every (re-)creation, so a
     re-created path never matches old ETags or producer state."""
@@ -240,6 +287,9 @@ class StreamState:
     closed: bool
     closed_by: Producer | None  # the producer tuple that closed it, for dedup
     stream_seq: str | None  # the highest Stream-Seq accepted
+    fork: Fork | None = None
+    refs: int = 0  # forks created from it that still exist (soft-deleted ones too)
+    deleted: bool = False  # soft-deleted: 410 to everyone, kept for its forks' reads
 
     def expired(self, now_ms: int, accessed_ms: int = 0) -> bool:
         """Past ``Stream-Expires-At``, or idle for ``Stream-TTL`` (from the later of the
@@ -258,18 +308,33 @@ class StreamState:
 
 @dataclass(frozen=True, slots=True)
 class CreateRequest:
-    content_type: str
+    content_type: str | None  # None only for a fork: its source's
     ttl_seconds: int | None
     expires_at: str | None
     expires_at_ms: int | None
     closed: bool
-    unit: bytes | None  # the initial body as a unit (None or b"": no unit)
+    body: bytes | None  # the initial body as sent; see initial_unit
+    fork: ForkRequest | None = None
 
 
 def same_config(state: StreamState, req: CreateRequest) -> bool:
-    """A repeated PUT is idempotent (200) when it asks for what exists, else 409."""
+    """A repeated PUT is idempotent (200) when it asks for what exists, else 409. A
+    fork's request is compared after :func:`forks.resolve` filled in what it inherits;
+    an omitted fork offset matches any, sub-offset 0 is no sub-offset."""
+    if (state.fork is None) != (req.fork is None):
+        return False
+    if (
+        state.fork is not None
+        and req.fork is not None
+        and (
+            state.fork.source_path != req.fork.source
+            or (req.fork.offset is not None and req.fork.offset != state.fork.offset)
+            or req.fork.sub_offset != state.fork.sub_offset
+        )
+    ):
+        return False
     return (
-        media_type(state.content_type) == media_type(req.content_type)
+        (req.content_type is None or media_type(state.content_type) == media_type(req.content_type))
         and state.ttl_seconds == req.ttl_seconds
         and state.expires_at == req.expires_at
         and state.closed == req.closed

@@ -2,30 +2,36 @@
 commit as sessions (see :mod:`agentsync.store.sqlite`).
 
 Every write is one job of :meth:`SQLiteStore._write`: it runs on the writer thread inside
-its own SAVEPOINT, reads the stream's row (and the producer's), asks
-:func:`rules.decide_append` what to do, writes it, and returns; the caller's future
-resolves after COMMIT. A refusal is *returned* by the job, not raised, so that what the
-job wrote before deciding (an expired stream removed) still commits. A SIGKILL therefore
-finds either the unit and the producer state it advanced, or neither.
+its own SAVEPOINT, reads the rows it needs (the stream's, the producer's, a fork's
+source), asks :mod:`rules` and :mod:`forks` what to do, writes it, and returns; the
+caller's future resolves after COMMIT. A refusal is *returned* by the job, not raised, so
+that what the job wrote before deciding (an expired stream removed) still commits. A
+SIGKILL therefore finds either the unit and the producer state it advanced, or neither;
+a fork with the reference it holds on its source, or neither; a removed stream together
+with the release of its source's reference and the cascade that follows, or none of it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeVar
 
 import orjson
 
 from agentsync.store.sqlite import SQLiteStore
-from agentsync.streams import rules
+from agentsync.streams import forks, rules
 from agentsync.streams.rules import (
     AppendRequest,
     CreateRequest,
     Duplicate,
+    Fork,
+    ForkRequest,
     Producer,
     ProducerState,
+    Segment,
     StreamError,
     StreamState,
     Write,
@@ -65,13 +71,27 @@ CREATE TABLE IF NOT EXISTS stream_producers (
 ) WITHOUT ROWID;
 """
 
+# Added for forks (step 2); ALTERed into tables created by step 1.
+FORK_COLUMNS: Final = {
+    "fork_of": "INTEGER",  # the source's id
+    "fork_path": "TEXT",  # the source's path as Stream-Forked-From named it
+    "fork_offset": "INTEGER",
+    "fork_sub": "INTEGER NOT NULL DEFAULT 0",
+    "lineage": "TEXT",  # JSON [[id, after, up_to], ...]: Fork.inherited
+    "refs": "INTEGER NOT NULL DEFAULT 0",
+    "deleted": "INTEGER NOT NULL DEFAULT 0",
+}
+
 COLUMNS: Final = (
     "id, path, content_type, ttl_seconds, expires_at, expires_at_ms, created_at,"
-    " accessed_at, tail, closed, closed_by, stream_seq"
+    " accessed_at, tail, closed, closed_by, stream_seq,"
+    " fork_of, fork_path, fork_offset, fork_sub, lineage, refs, deleted"
 )
 
-# A job's result: the stream's state after it (for the listener) and the answer.
-Result = tuple[StreamState | None, Any]
+# What a job changed (path -> state after it, None: removed) for the listener, and the
+# answer for its caller.
+Changes = dict[str, StreamState | None]
+Result = tuple[Changes, Any]
 
 
 def _state(row: tuple[Any, ...] | None) -> StreamState | None:
@@ -81,6 +101,10 @@ def _state(row: tuple[Any, ...] | None) -> StreamState | None:
     if row[10] is not None:
         pid, epoch, seq = orjson.loads(row[10])
         closed_by = Producer(pid, epoch, seq)
+    fork = None
+    if row[12] is not None:
+        inherited = tuple(Segment(*piece) for piece in orjson.loads(row[16]))
+        fork = Fork(row[13], row[12], row[14], row[15], inherited)
     return StreamState(
         id=row[0],
         path=row[1],
@@ -94,6 +118,9 @@ def _state(row: tuple[Any, ...] | None) -> StreamState | None:
         closed=bool(row[9]),
         closed_by=closed_by,
         stream_seq=row[11],
+        fork=fork,
+        refs=row[17],
+        deleted=bool(row[18]),
     )
 
 
@@ -101,65 +128,223 @@ def _select(conn: sqlite3.Connection, path: str) -> StreamState | None:
     return _state(conn.execute(f"SELECT {COLUMNS} FROM streams WHERE path = ?", (path,)).fetchone())
 
 
-def _remove(conn: sqlite3.Connection, stream_id: int) -> None:
-    conn.execute("DELETE FROM streams WHERE id = ?", (stream_id,))
-    conn.execute("DELETE FROM stream_units WHERE stream_id = ?", (stream_id,))
-    conn.execute("DELETE FROM stream_producers WHERE stream_id = ?", (stream_id,))
+def _select_id(conn: sqlite3.Connection, stream_id: int) -> StreamState | None:
+    return _state(
+        conn.execute(f"SELECT {COLUMNS} FROM streams WHERE id = ?", (stream_id,)).fetchone()
+    )
 
 
-def _unexpired(
-    conn: sqlite3.Connection, path: str, now_ms: int, accessed_ms: int
+def _migrate(conn: sqlite3.Connection) -> None:
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    have = {row[1] for row in conn.execute("PRAGMA table_info(streams)")}
+    for name, kind in FORK_COLUMNS.items():
+        if name not in have:
+            conn.execute(f"ALTER TABLE streams ADD COLUMN {name} {kind}")
+
+
+def _remove(conn: sqlite3.Connection, state: StreamState) -> Changes:
+    """Remove the stream and release the reference it held on its source; a
+    soft-deleted source left without references goes too, and so on up the chain."""
+    changes: Changes = {}
+    current: StreamState | None = state
+    while current is not None:
+        conn.execute("DELETE FROM streams WHERE id = ?", (current.id,))
+        conn.execute("DELETE FROM stream_units WHERE stream_id = ?", (current.id,))
+        conn.execute("DELETE FROM stream_producers WHERE stream_id = ?", (current.id,))
+        changes[current.path] = None
+        if current.fork is None:
+            break
+        conn.execute(
+            "UPDATE streams SET refs = MAX(refs - 1, 0) WHERE id = ?", (current.fork.source_id,)
+        )
+        source = _select_id(conn, current.fork.source_id)
+        if source is None:
+            break
+        changes[source.path] = source
+        current = source if source.deleted and source.refs == 0 else None
+    return changes
+
+
+def _retire(conn: sqlite3.Connection, state: StreamState) -> Changes:
+    """Delete or expire: soft-delete while forks hold references, else remove."""
+    if state.refs > 0:
+        conn.execute("UPDATE streams SET deleted = 1 WHERE id = ?", (state.id,))
+        return {state.path: _select_id(conn, state.id)}
+    return _remove(conn, state)
+
+
+def _current(
+    conn: sqlite3.Connection, path: str, now_ms: int, accessed_ms: int, changes: Changes
 ) -> StreamState | None:
-    """The stream at ``path``, or None; an expired one is removed on the way."""
+    """The stream at ``path`` (maybe soft-deleted), or None; an expired one is retired
+    on the way, recorded in ``changes``."""
     state = _select(conn, path)
-    if state is not None and state.expired(now_ms, accessed_ms):
-        _remove(conn, state.id)
-        return None
+    if state is not None and not state.deleted and state.expired(now_ms, accessed_ms):
+        changes.update(_retire(conn, state))
+        state = _select(conn, path)
     return state
 
 
+def _insert_unit(conn: sqlite3.Connection, stream_id: int, seq: int, data: bytes) -> None:
+    conn.execute(
+        "INSERT INTO stream_units (stream_id, seq, data) VALUES (?, ?, ?)", (stream_id, seq, data)
+    )
+
+
 def _create(
-    conn: sqlite3.Connection, path: str, req: CreateRequest, now_ms: int, accessed_ms: int
+    conn: sqlite3.Connection,
+    path: str,
+    req: CreateRequest,
+    now_ms: int,
+    accessed_ms: int,
+    source_accessed_ms: int,
 ) -> Result:
-    state = _unexpired(conn, path, now_ms, accessed_ms)
+    changes: Changes = {}
+    try:
+        times = (now_ms, accessed_ms, source_accessed_ms)
+        created = _decide_create(conn, path, req, times, changes)
+    except StreamError as refusal:
+        return changes, refusal
+    changes[path] = created.state
+    fork = created.state.fork
+    if created.new and fork is not None:
+        source = _select_id(conn, fork.source_id)  # one reference more
+        changes[fork.source_path] = source
+    return changes, created
+
+
+def _decide_create(
+    conn: sqlite3.Connection,
+    path: str,
+    req: CreateRequest,
+    times: tuple[int, int, int],
+    changes: Changes,
+) -> Created:
+    """Everything is checked before anything is written (but expired streams retired),
+    so a refused fork takes no reference. ``times``: now, and the latest accesses this
+    node knows of the path and of the source."""
+    now_ms, accessed_ms, source_accessed_ms = times
+    state = _current(conn, path, now_ms, accessed_ms, changes)
+    source: StreamState | None = None
+    if req.fork is not None:
+        if state is not None and state.fork is not None:
+            # An existing fork is compared with what it would inherit from its source
+            # (kept, maybe soft-deleted, for as long as the fork exists).
+            source = _select_id(conn, state.fork.source_id)
+        else:
+            source = _current(conn, req.fork.source, now_ms, source_accessed_ms, changes)
     if state is not None:
+        if state.deleted:
+            raise StreamError(
+                409,
+                "stream_gone",
+                f"stream {path!r} was deleted but forks still read it; the path can be "
+                "reused once they are gone",
+            )
+        if source is not None and req.fork is not None and source.path == req.fork.source:
+            try:
+                req = forks.resolve(source, req)
+            except StreamError:
+                req = dataclasses.replace(req, fork=None)  # cannot be the same: 409
         if rules.same_config(state, req):
-            return state, Created(state, new=False)
-        return state, StreamError(
+            return Created(state, new=False)
+        raise StreamError(
             409, "stream_exists", f"stream {path!r} exists with another configuration"
         )
-    tail = 1 if req.unit else 0
+    if req.fork is not None:
+        if source is None:
+            raise StreamError(404, "not_found", f"no stream at {req.fork.source!r} to fork")
+        if source.deleted:
+            raise StreamError(
+                409, "source_gone", f"stream {req.fork.source!r} was deleted; it cannot be forked"
+            )
+        req = forks.resolve(source, req)
+    content_type = req.content_type
+    assert content_type is not None
+    prefix: bytes | None = None
+    if source is not None and req.fork is not None and req.fork.sub_offset > 0:
+        prefix = _sub_offset_prefix(conn, source, req.fork, content_type)
+    unit = rules.initial_unit(content_type, req.body)
+    return _insert(conn, path, req, content_type, source, prefix, unit, now_ms)
+
+
+def _sub_offset_prefix(
+    conn: sqlite3.Connection, source: StreamState, fork: ForkRequest, content_type: str
+) -> bytes:
+    """What a sub-offset takes from the source's unit after the fork offset (400 when
+    there is none or it is too short)."""
+    assert fork.offset is not None
+    pieces = forks.segments(source, fork.offset, source.tail)
+    following = None
+    if pieces:
+        row = conn.execute(
+            "SELECT data FROM stream_units WHERE stream_id = ? AND seq = ?",
+            (pieces[0].stream_id, pieces[0].after + 1),
+        ).fetchone()
+        following = None if row is None else bytes(row[0])
+    return forks.sub_offset_prefix(following, fork.sub_offset, json=rules.is_json(content_type))
+
+
+def _insert(
+    conn: sqlite3.Connection,
+    path: str,
+    req: CreateRequest,
+    content_type: str,
+    source: StreamState | None,
+    prefix: bytes | None,
+    unit: bytes | None,
+    now_ms: int,
+) -> Created:
+    fork = req.fork
+    base = 0 if fork is None or fork.offset is None else fork.offset
+    units = [u for u in (prefix, unit) if u]
+    lineage = None
+    if source is not None:
+        lineage = orjson.dumps(
+            [[p.stream_id, p.after, p.up_to] for p in forks.lineage(source, base)]
+        ).decode()
+        conn.execute("UPDATE streams SET refs = refs + 1 WHERE id = ?", (source.id,))
     cursor = conn.execute(
         "INSERT INTO streams (path, content_type, ttl_seconds, expires_at, expires_at_ms,"
-        " created_at, accessed_at, tail, closed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " created_at, accessed_at, tail, closed, fork_of, fork_path, fork_offset, fork_sub,"
+        " lineage) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             path,
-            req.content_type,
+            content_type,
             req.ttl_seconds,
             req.expires_at,
             req.expires_at_ms,
             now_ms,
             now_ms,
-            tail,
+            base + len(units),
             int(req.closed),
+            None if source is None else source.id,
+            None if fork is None else fork.source,
+            None if fork is None else base,
+            0 if fork is None else fork.sub_offset,
+            lineage,
         ),
     )
-    if req.unit:
-        conn.execute(
-            "INSERT INTO stream_units (stream_id, seq, data) VALUES (?, 1, ?)",
-            (cursor.lastrowid, req.unit),
-        )
-    created = _select(conn, path)
+    stream_id = cursor.lastrowid
+    assert stream_id is not None
+    for i, data in enumerate(units, start=1):
+        _insert_unit(conn, stream_id, base + i, data)
+    created = _select_id(conn, stream_id)
     assert created is not None
-    return created, Created(created, new=True)
+    return Created(created, new=True)
 
 
 def _append(
     conn: sqlite3.Connection, path: str, req: AppendRequest, now_ms: int, accessed_ms: int
 ) -> Result:
-    state = _unexpired(conn, path, now_ms, accessed_ms)
+    changes: Changes = {}
+    state = _current(conn, path, now_ms, accessed_ms, changes)
     if state is None:
-        return None, rules.not_found(path)
+        return changes, rules.not_found(path)
+    if state.deleted:
+        return changes, rules.gone(path)
     current: ProducerState | None = None
     if req.producer is not None:
         row = conn.execute(
@@ -170,16 +355,17 @@ def _append(
     try:
         outcome = rules.decide_append(state, current, req)
     except StreamError as refusal:
-        return state, refusal
+        return changes, refusal
     if isinstance(outcome, Duplicate):
         conn.execute(
             "UPDATE streams SET accessed_at = MAX(accessed_at, ?) WHERE id = ?", (now_ms, state.id)
         )
     else:
         _write(conn, state, req, outcome, now_ms)
-    after = _select(conn, path)
+    after = _select_id(conn, state.id)
     assert after is not None
-    return after, Appended(after, outcome)
+    changes[path] = after
+    return changes, Appended(after, outcome)
 
 
 def _write(
@@ -188,10 +374,7 @@ def _write(
     tail = state.tail
     if plan.unit is not None:
         tail += 1
-        conn.execute(
-            "INSERT INTO stream_units (stream_id, seq, data) VALUES (?, ?, ?)",
-            (state.id, tail, plan.unit),
-        )
+        _insert_unit(conn, state.id, tail, plan.unit)
     closed_by = state.closed_by
     if plan.close and not state.closed:
         closed_by = req.producer
@@ -225,21 +408,28 @@ def _write(
 
 
 def _delete(conn: sqlite3.Connection, path: str, now_ms: int, accessed_ms: int) -> Result:
-    state = _unexpired(conn, path, now_ms, accessed_ms)
+    changes: Changes = {}
+    state = _current(conn, path, now_ms, accessed_ms, changes)
     if state is None:
-        return None, False
-    _remove(conn, state.id)
-    return None, True
+        return changes, rules.not_found(path)
+    if state.deleted:
+        return changes, rules.gone(path)
+    changes.update(_retire(conn, state))
+    return changes, True
 
 
 def _delete_expired(
     conn: sqlite3.Connection, path: str, stream_id: int, now_ms: int, accessed_ms: int
 ) -> Result:
     state = _select(conn, path)
-    if state is None or state.id != stream_id or not state.expired(now_ms, accessed_ms):
-        return state, False
-    _remove(conn, state.id)
-    return None, True
+    if (
+        state is None
+        or state.id != stream_id
+        or state.deleted
+        or not state.expired(now_ms, accessed_ms)
+    ):
+        return {path: state}, False
+    return _retire(conn, state), True
 
 
 def _touch(conn: sqlite3.Connection, path: str, stream_id: int, accessed_ms: int) -> Result:
@@ -247,7 +437,7 @@ def _touch(conn: sqlite3.Connection, path: str, stream_id: int, accessed_ms: int
         "UPDATE streams SET accessed_at = MAX(accessed_at, ?) WHERE id = ?",
         (accessed_ms, stream_id),
     )
-    return _select(conn, path), None
+    return {path: _select(conn, path)}, None
 
 
 class SQLiteStreamStore:
@@ -260,41 +450,59 @@ class SQLiteStreamStore:
     def observe(self, listener: Listener) -> None:
         self._listener = listener
 
-    async def _job(self, path: str, run: Callable[[sqlite3.Connection], Result]) -> Any:
-        future = self.store._write(run)
+    async def _job(self, run: Callable[[sqlite3.Connection], Result]) -> Any:
+        future = self.store._write(self._truncating(run))
         # Registered before anyone awaits the future, so it runs first, in commit order.
-        future.add_done_callback(lambda done: self._committed(path, done))
+        future.add_done_callback(self._committed)
         # Shielded: a caller that goes away must not cancel the future (the write
         # happens regardless, and the listener must still hear of it).
-        _state, answer = await asyncio.shield(future)
+        _changes, answer = await asyncio.shield(future)
         if isinstance(answer, StreamError):
             raise answer
         return answer
 
-    def _committed(self, path: str, done: asyncio.Future[Result]) -> None:
+    def _truncating(
+        self, run: Callable[[sqlite3.Connection], Result]
+    ) -> Callable[[sqlite3.Connection], Result]:
+        """A job that removed a stream has the WAL truncated once its group commits, so
+        nothing of a deleted stream can be read back from the disk (as for shares)."""
+
+        def job(conn: sqlite3.Connection) -> Result:
+            result = run(conn)
+            writer = self.store._writer
+            if writer is not None and any(state is None for state in result[0].values()):
+                writer.deleted = True  # on the writer thread, for the current group
+            return result
+
+        return job
+
+    def _committed(self, done: asyncio.Future[Result]) -> None:
         if done.cancelled() or done.exception() is not None or self._listener is None:
             return
-        self._listener(path, done.result()[0])
+        for path, state in done.result()[0].items():
+            self._listener(path, state)
 
     async def open(self) -> None:
-        def run(conn: sqlite3.Connection) -> None:
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-
-        await self.store._write(run)
+        await self.store._write(_migrate)
 
     async def load(self, path: str) -> StreamState | None:
         def run(conn: sqlite3.Connection) -> Result:
             state = _select(conn, path)
-            return state, state
+            return {path: state}, state
 
-        result: StreamState | None = await self._job(path, run)
+        result: StreamState | None = await self._job(run)
         return result
 
-    async def create(self, path: str, req: CreateRequest, now_ms: int, accessed_ms: int) -> Created:
+    async def create(
+        self,
+        path: str,
+        req: CreateRequest,
+        now_ms: int,
+        accessed_ms: int,
+        source_accessed_ms: int = 0,
+    ) -> Created:
         result: Created = await self._job(
-            path, lambda conn: _create(conn, path, req, now_ms, accessed_ms)
+            lambda conn: _create(conn, path, req, now_ms, accessed_ms, source_accessed_ms)
         )
         return result
 
@@ -302,61 +510,41 @@ class SQLiteStreamStore:
         self, path: str, req: AppendRequest, now_ms: int, accessed_ms: int
     ) -> Appended:
         result: Appended = await self._job(
-            path, lambda conn: _append(conn, path, req, now_ms, accessed_ms)
+            lambda conn: _append(conn, path, req, now_ms, accessed_ms)
         )
         return result
 
-    def _truncating(
-        self, run: Callable[[sqlite3.Connection], Result]
-    ) -> Callable[[sqlite3.Connection], Result]:
-        """A deleting job: once its group commits, the writer has the WAL truncated, so
-        nothing of a deleted stream can be read back from the disk (as for shares)."""
-
-        def job(conn: sqlite3.Connection) -> Result:
-            result = run(conn)
-            writer = self.store._writer
-            if result[1] is True and writer is not None:
-                writer.deleted = True  # on the writer thread, for the current group
-            return result
-
-        return job
-
-    async def delete(self, path: str, now_ms: int, accessed_ms: int) -> bool:
-        result: bool = await self._job(
-            path, self._truncating(lambda conn: _delete(conn, path, now_ms, accessed_ms))
-        )
-        return result
+    async def delete(self, path: str, now_ms: int, accessed_ms: int) -> None:
+        await self._job(lambda conn: _delete(conn, path, now_ms, accessed_ms))
 
     async def delete_expired(
         self, path: str, stream_id: int, now_ms: int, accessed_ms: int
     ) -> bool:
         result: bool = await self._job(
-            path,
-            self._truncating(
-                lambda conn: _delete_expired(conn, path, stream_id, now_ms, accessed_ms)
-            ),
+            lambda conn: _delete_expired(conn, path, stream_id, now_ms, accessed_ms)
         )
         return result
 
     async def touch(self, path: str, stream_id: int, accessed_ms: int) -> None:
-        await self._job(path, lambda conn: _touch(conn, path, stream_id, accessed_ms))
+        await self._job(lambda conn: _touch(conn, path, stream_id, accessed_ms))
 
     async def read_units(
-        self, stream_id: int, after_seq: int, up_to_seq: int, max_bytes: int
+        self, pieces: Sequence[Segment], max_bytes: int
     ) -> list[tuple[int, bytes]]:
         def run(conn: sqlite3.Connection) -> list[tuple[int, bytes]]:
-            rows = conn.execute(
-                "SELECT seq, data FROM stream_units WHERE stream_id = ? AND seq > ?"
-                " AND seq <= ? ORDER BY seq",
-                (stream_id, after_seq, up_to_seq),
-            )
             units: list[tuple[int, bytes]] = []
             size = 0
-            for seq, data in rows:
-                if units and size + len(data) > max_bytes:
-                    break
-                units.append((seq, bytes(data)))
-                size += len(data)
+            for piece in pieces:
+                rows = conn.execute(
+                    "SELECT seq, data FROM stream_units WHERE stream_id = ? AND seq > ?"
+                    " AND seq <= ? ORDER BY seq",
+                    (piece.stream_id, piece.after, piece.up_to),
+                )
+                for seq, data in rows:
+                    if units and size + len(data) > max_bytes:
+                        return units
+                    units.append((seq, bytes(data)))
+                    size += len(data)
             return units
 
         return await self.store._read(run)
@@ -364,8 +552,8 @@ class SQLiteStreamStore:
     async def expired(self, now_ms: int, limit: int) -> list[tuple[str, int]]:
         def run(conn: sqlite3.Connection) -> list[tuple[str, int]]:
             rows = conn.execute(
-                "SELECT path, id FROM streams WHERE expires_at_ms <= ?"
-                " OR accessed_at + ttl_seconds * 1000 <= ? LIMIT ?",
+                "SELECT path, id FROM streams WHERE deleted = 0 AND (expires_at_ms <= ?"
+                " OR accessed_at + ttl_seconds * 1000 <= ?) LIMIT ?",
                 (now_ms, now_ms, limit),
             ).fetchall()
             return [(row[0], row[1]) for row in rows]

@@ -8,7 +8,8 @@ Contract every backend keeps:
   writes to a stream are applied in the order they were submitted.
 * A call returns only after its transaction committed (acknowledged = durable).
 * The ``listener`` given to :meth:`StreamStore.observe` is called on the event loop,
-  in commit order, with ``(path, state after the job)`` for every job that committed,
+  in commit order, with ``(path, state after the job)`` for every stream a committed
+  job changed (a fork's source, the chain a removal cascaded up, not only its path),
   before the caller of that job resumes: a node's cache fed only by it is never older than
   what its own callers have been told, and never goes back in time. ``load`` is ordered
   with the writes for the same reason.
@@ -16,7 +17,7 @@ Contract every backend keeps:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,6 +25,7 @@ from agentsync.streams.rules import (
     AppendRequest,
     CreateRequest,
     Duplicate,
+    Segment,
     StreamState,
     Write,
 )
@@ -55,9 +57,19 @@ class StreamStore(Protocol):
     async def load(self, path: str) -> StreamState | None:
         """The stream's row, ordered after every write submitted before."""
 
-    async def create(self, path: str, req: CreateRequest, now_ms: int, accessed_ms: int) -> Created:
-        """Create (or confirm) the stream; an expired one at the path is replaced.
-        Raises StreamError (409 other configuration)."""
+    async def create(
+        self,
+        path: str,
+        req: CreateRequest,
+        now_ms: int,
+        accessed_ms: int,
+        source_accessed_ms: int = 0,
+    ) -> Created:
+        """Create (or confirm) the stream, or fork ``req.fork.source`` (whose latest
+        access this node knows is ``source_accessed_ms``); an expired stream at the path
+        is replaced. Raises StreamError (409 other configuration or soft-deleted, and
+        for forks 404 no source, 409 source soft-deleted or content type, 400 offsets);
+        a refused fork takes no reference on its source."""
 
     async def append(
         self, path: str, req: AppendRequest, now_ms: int, accessed_ms: int
@@ -65,23 +77,27 @@ class StreamStore(Protocol):
         """Decide and apply one append or close. Raises StreamError (404 for a missing
         or expired stream, and the refusals of :func:`rules.decide_append`)."""
 
-    async def delete(self, path: str, now_ms: int, accessed_ms: int) -> bool:
-        """Remove the stream, its units and producers; False when there was none (or it
-        had expired)."""
+    async def delete(self, path: str, now_ms: int, accessed_ms: int) -> None:
+        """Soft-delete the stream if forks hold references on it, else remove it (units,
+        producers) and release its source's reference, cascading up soft-deleted
+        sources left without references. Raises StreamError 404 (none, or expired
+        without forks) or 410 (soft-deleted already, or expired with forks)."""
 
     async def delete_expired(
         self, path: str, stream_id: int, now_ms: int, accessed_ms: int
     ) -> bool:
-        """Remove incarnation ``stream_id`` of ``path`` if it is still expired then."""
+        """Retire incarnation ``stream_id`` of ``path`` (as :meth:`delete`) if it is
+        still expired then; False if it was not."""
 
     async def touch(self, path: str, stream_id: int, accessed_ms: int) -> None:
         """Persist a later access time (sliding TTL), never an earlier one."""
 
     async def read_units(
-        self, stream_id: int, after_seq: int, up_to_seq: int, max_bytes: int
+        self, pieces: Sequence[Segment], max_bytes: int
     ) -> list[tuple[int, bytes]]:
-        """Units ``after_seq < seq <= up_to_seq`` in order, at least one when any, and no
-        more once ``max_bytes`` are reached."""
+        """The units of ``pieces`` (see :func:`forks.segments`) in order, at least one
+        when any, and no more once ``max_bytes`` are reached."""
 
     async def expired(self, now_ms: int, limit: int) -> list[tuple[str, int]]:
-        """Paths and ids of streams expired by their stored access times."""
+        """Paths and ids of streams expired by their stored access times (not those
+        already soft-deleted)."""
