@@ -130,9 +130,7 @@ class ArchiveWriter:
     CPU-bound (gzip): call it from a thread for large logs. ``out`` is left open.
     """
 
-    def __init__(
-        self, out: IO[bytes], session_id: str, epoch: str, share: dict[str, Any]
-    ) -> None:
+    def __init__(self, out: IO[bytes], session_id: str, epoch: str, share: dict[str, Any]) -> None:
         self._gzip = gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=0)
         self._digest = hashlib.sha256()
         self._count = 0

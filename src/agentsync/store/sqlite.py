@@ -99,6 +99,7 @@ INSERT_COLUMNS: Final = (
     "id, title, created_at, expires_at, read, secret_hash, read_token_hash, epoch, active_at"
 )
 
+
 class SQLiteStore:
     """The Store protocol (store/base.py) over one SQLite file; see the module docstring.
 
