@@ -2,7 +2,7 @@
 """Set up a virtual environment on first use, then run the server or the tests.
 
     python3 dev.py serve [agentsync serve flags]   # the server on SQLite in ./agentsync-data
-    python3 dev.py test [pytest args]              # ruff, mypy, then the whole test suite
+    python3 dev.py test [pytest args]              # ruff (lint, format), mypy, then the tests
 
 Needs only Python 3.11+. The environment lives in .venv and is reinstalled when
 pyproject.toml changes.
@@ -47,6 +47,7 @@ def main(argv: list[str]) -> int:
         os.execv(str(BIN / "agentsync"), [str(BIN / "agentsync"), "serve", *rest])
     steps = [
         [str(BIN / "ruff"), "check", "src", "tests", "bench"],
+        [str(BIN / "ruff"), "format", "--check", "src", "tests", "bench"],
         [str(BIN / "mypy"), "src/agentsync"],
         [str(BIN / "python"), "-m", "pytest", "-q", *rest],
     ]
