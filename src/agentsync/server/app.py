@@ -32,7 +32,7 @@ from agentsync.hub import Hub
 from agentsync.limits import AddressLimits
 from agentsync.metrics import Metrics
 from agentsync.protocol import AgentsyncError, BadRequest, NotFound
-from agentsync.server import admin, http, openapi, opencode, ws
+from agentsync.server import admin, http, openapi, opencode, stream_sessions, ws
 from agentsync.server import streams as durable_streams
 from agentsync.server.guard import Guard, mask_tokens
 from agentsync.server.web import routes as web
@@ -209,6 +209,11 @@ def create_app(node: Node) -> Starlette:
         Route("/v1/admin/shares/{session_id}", admin.show_share, methods=["GET"]),
         Route("/v1/admin/shares/{session_id}", admin.delete_share, methods=["DELETE"]),
         Route("/v1/admin/shares/{session_id}/expire", admin.expire_share, methods=["POST"]),
+        Route(
+            "/v1/stream/sessions/{session_id}",
+            stream_sessions.endpoint,
+            methods=stream_sessions.METHODS,
+        ),
         Route(
             "/v1/stream/{path:path}",
             durable_streams.endpoint,
