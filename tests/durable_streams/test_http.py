@@ -3,6 +3,7 @@ reserved or refused, and what survives a restart."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import httpx
@@ -82,3 +83,34 @@ async def test_streams_and_producers_survive_a_restart(server_factory: Any) -> N
             "/v1/stream/kept", headers={**producer, "producer-seq": "0"}, content=b"y"
         )
         assert again.status_code == 200
+
+
+async def test_behind_a_proxy_a_loopback_bind_does_not_open_writes(server_factory: Any) -> None:
+    srv = server_factory(trusted_proxies="127.0.0.1/32")
+    async with httpx.AsyncClient(base_url=srv.url, timeout=10.0) as client:
+        refused = await client.put("/v1/stream/p", headers={"content-type": "text/plain"})
+        assert refused.status_code == 403 and "--stream-key" in refused.json()["error"]["message"]
+
+
+async def test_an_encoded_live_parameter_still_counts_as_a_live_read(
+    server_factory: Any,
+) -> None:
+    """``?%6Cive=sse`` is ``live=sse`` to the handler, so the connection cap must see it."""
+    srv = server_factory(address_limits=True, max_connections_per_address=2)
+    async with httpx.AsyncClient(base_url=srv.url, timeout=10.0) as client:
+        assert (await client.put("/v1/stream/c", headers={"content-type": "text/plain"})).is_success
+        statuses = []
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(4):
+                res = await stack.enter_async_context(
+                    client.stream("GET", "/v1/stream/c?offset=-1&%6Cive=sse")
+                )
+                statuses.append(res.status_code)
+        assert statuses[:2] == [200, 200] and 429 in statuses[2:], statuses
+
+
+async def test_a_huge_ttl_is_a_clear_400(server_factory: Any) -> None:
+    srv = server_factory()
+    async with httpx.AsyncClient(base_url=srv.url, timeout=10.0) as client:
+        res = await client.put("/v1/stream/t", headers={"stream-ttl": "9" * 30})
+        assert res.status_code == 400 and "Stream-TTL" in res.json()["error"]["message"]

@@ -16,7 +16,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 from starlette.middleware.cors import CORSMiddleware
@@ -174,7 +174,7 @@ class Guard:
         streaming = (
             kind == "websocket"
             or bool(STREAMING_PATH.match(path))
-            or (durable_stream and b"live=" in scope.get("query_string", b""))
+            or (durable_stream and _live_read(scope.get("query_string", b"")))
         )
         try:
             if scope.get("path") in UNLIMITED_PATHS:
@@ -267,3 +267,12 @@ def mask_tokens(record: logging.LogRecord) -> bool:
     if masked != text:
         record.msg, record.args = masked, None
     return True
+
+
+def _live_read(query_string: bytes) -> bool:
+    """A Durable Streams long-poll or SSE read, decoded as Starlette decodes the query
+    (``?%6Cive=sse`` is ``live=sse`` too)."""
+    if not query_string:
+        return False
+    query = query_string.decode("latin-1")
+    return any(key == "live" and value for key, value in parse_qsl(query, keep_blank_values=True))

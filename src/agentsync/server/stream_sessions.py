@@ -88,9 +88,11 @@ async def options(request: Request) -> Response:
 
 async def readable(request: Request) -> LiveSession:
     """The live session, if this request may read it: 404, 410, 401 or 403 otherwise."""
-    live = await hub_of(request).get(request.path_params["session_id"])
-    authorize_read(live.share, credential(request))
-    return live
+    hub = hub_of(request)
+    session_id = request.path_params["session_id"]
+    # The credential first: a request without one must not load (or restore) the log.
+    authorize_read(await hub.get_share(session_id), credential(request))
+    return await hub.get(session_id)
 
 
 def etag(live: LiveSession, start: str, end: str) -> str:

@@ -84,14 +84,17 @@ def stream_path(request: Request) -> str:
 def authorize_write(request: Request) -> None:
     config = manager_of(request).config
     keys = [k for k in (config.stream_key, config.admin_key) if k]
-    if not keys and config.loopback:
+    # Open only to this machine: a loopback bind that is not behind a proxy (a proxy on
+    # the same machine would bring the whole internet to the loopback address).
+    local = config.loopback and not config.public_url and not config.trusted_proxies
+    if not keys and local:
         return
     if not keys:
         raise StreamError(
             403,
             "forbidden",
-            "writing streams on a public bind needs a key: start the server with "
-            "--stream-key KEY and send 'Authorization: Bearer KEY'",
+            "writing streams on a public bind (or behind a proxy) needs a key: start the "
+            "server with --stream-key KEY and send 'Authorization: Bearer KEY'",
         )
     presented = auth.bearer(request.headers.get("authorization"))
     if presented is None:

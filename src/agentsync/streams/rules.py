@@ -152,8 +152,10 @@ def parse_ttl(value: str | None) -> int | None:
     """``Stream-TTL``: seconds, ``0|[1-9][0-9]*`` only (no sign, leading zero, fraction)."""
     if value is None:
         return None
-    if not _TTL.fullmatch(value):
-        raise bad_request(f"Stream-TTL must be a whole number of seconds, got {value!r}")
+    if not _TTL.fullmatch(value) or len(value) > 15:
+        raise bad_request(
+            f"Stream-TTL must be a whole number of seconds below 10^15, got {value[:40]!r}"
+        )
     return int(value)
 
 

@@ -468,9 +468,15 @@ class SQLiteStreamStore:
         nothing of a deleted stream can be read back from the disk (as for shares)."""
 
         def job(conn: sqlite3.Connection) -> Result:
+            changes = conn.total_changes
             result = run(conn)
             writer = self.store._writer
-            if writer is not None and any(state is None for state in result[0].values()):
+            # A path that reads as None after the job changed rows was removed by it; a
+            # lookup of a path that never existed changes nothing and truncates nothing.
+            removed = conn.total_changes != changes and any(
+                state is None for state in result[0].values()
+            )
+            if writer is not None and removed:
                 writer.deleted = True  # on the writer thread, for the current group
             return result
 
