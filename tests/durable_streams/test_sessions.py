@@ -141,7 +141,9 @@ async def test_long_poll_waits_for_the_next_event(server_factory: Any) -> None:
 
         for start in (offset(2), "now"):
             waiting = asyncio.create_task(poll(start))
-            await asyncio.sleep(0.3)
+            # Time for the request to reach the server: a "now" poll that arrived after the
+            # append would wait for the event after it and time out.
+            await asyncio.sleep(1.0)
             assert not waiting.done()
             began = time.monotonic()
             event = status("thinking", id=uid())
