@@ -1,6 +1,6 @@
 """The official Durable Streams conformance suite (npm
 ``@durable-streams/server-conformance-tests``, see runner.py) against a real agentsync
-server on SQLite.
+server on SQLite and on PostgreSQL (a schema of its own, dropped after).
 
 Every test must pass except the expected failures below, each with its reason; a test
 that starts passing while still listed fails this test too, so the list stays honest.
@@ -8,11 +8,15 @@ that starts passing while still listed fails this test too, so the list stays ho
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from conftest import service_missing
 
+from ._backends import BACKENDS, PG_URL, pg_schema
 from .runner import ConformanceError, run_conformance
 
 LONG_POLL_SECONDS = 1  # the suite's offset=now long-poll tests have 5 s in all
@@ -26,8 +30,22 @@ def expected_to_fail(name: str) -> bool:
     return name in EXPECTED_FAILURES
 
 
-def test_official_conformance_suite(server_factory: Any, tmp_path: Path) -> None:
-    srv = server_factory(address_limits=False, stream_long_poll_seconds=LONG_POLL_SECONDS)
+@pytest.fixture(params=BACKENDS)
+async def store_flags(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
+    """Server flags for each store: nothing for SQLite, a fresh schema for PostgreSQL."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    async with pg_schema() as schema:
+        yield {"store": f"{PG_URL}?schema={schema}"}
+
+
+def test_official_conformance_suite(
+    server_factory: Any, store_flags: dict[str, Any], tmp_path: Path
+) -> None:
+    srv = server_factory(
+        address_limits=False, stream_long_poll_seconds=LONG_POLL_SECONDS, **store_flags
+    )
     try:
         result = run_conformance(
             srv.url,

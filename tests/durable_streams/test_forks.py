@@ -16,8 +16,11 @@ from agentsync.config import Config
 from agentsync.store.sqlite import SQLiteStore
 from agentsync.streams import forks
 from agentsync.streams.manager import StreamManager
+from agentsync.streams.postgres import PostgresStreamStore
 from agentsync.streams.rules import AppendRequest, CreateRequest, ForkRequest, StreamError
 from agentsync.streams.sqlite import SQLiteStreamStore
+
+from ._backends import BACKENDS, open_manager
 
 TEXT = CreateRequest("text/plain", None, None, None, False, None)
 
@@ -31,17 +34,10 @@ def append(body: bytes) -> AppendRequest:
     return AppendRequest(body, "text/plain", None, None, close=False)
 
 
-@pytest.fixture
-async def manager(tmp_path: Path) -> AsyncIterator[StreamManager]:
-    store = SQLiteStore(tmp_path / "agentsync.db")
-    await store.open()
-    manager = StreamManager(Config(data=str(tmp_path)), SQLiteStreamStore(store))
-    await manager.start()
-    try:
+@pytest.fixture(params=BACKENDS)
+async def manager(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StreamManager]:
+    async with open_manager(request.param, tmp_path) as manager:
         yield manager
-    finally:
-        await manager.stop()
-        await store.close()
 
 
 async def read_all(manager: StreamManager, path: str) -> bytes:
@@ -54,6 +50,14 @@ async def read_all(manager: StreamManager, path: str) -> bytes:
 async def rows(manager: StreamManager) -> tuple[dict[str, tuple[int, int]], int]:
     """Every stream row as path -> (refs, deleted), and the number of stored units."""
     store = manager.store
+    if isinstance(store, PostgresStreamStore):
+
+        async def fetch(conn: Any) -> tuple[dict[str, tuple[int, int]], int]:
+            found = await conn.fetch("SELECT path, refs, deleted FROM streams")
+            count = await conn.fetchval("SELECT count(*) FROM stream_units")
+            return {p: (r, int(d)) for p, r, d in found}, count
+
+        return await store.store._read(fetch)
     assert isinstance(store, SQLiteStreamStore)
 
     def run(conn: Any) -> tuple[dict[str, tuple[int, int]], int]:

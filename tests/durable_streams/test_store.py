@@ -1,5 +1,6 @@
-"""The stream store and manager in-process, on a real SQLite file: ordering of pipelined
-jobs, the cache fed in commit order, expiry and the coarse access-time persistence."""
+"""The stream store and manager in-process, on a real SQLite file and on PostgreSQL:
+ordering of pipelined jobs, the cache fed in commit order, expiry and the coarse
+access-time persistence."""
 
 from __future__ import annotations
 
@@ -10,12 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from agentsync.config import Config
-from agentsync.store.sqlite import SQLiteStore
 from agentsync.streams import forks, rules
 from agentsync.streams.manager import StreamManager
 from agentsync.streams.rules import AppendRequest, CreateRequest, Producer, StreamError, Write
-from agentsync.streams.sqlite import SQLiteStreamStore
+
+from ._backends import BACKENDS, open_manager
 
 TEXT = CreateRequest("text/plain", None, None, None, False, None)
 
@@ -24,17 +24,10 @@ def producer_append(seq: int, body: bytes = b"x", epoch: int = 0) -> AppendReque
     return AppendRequest(body, "text/plain", None, Producer("p", epoch, seq), close=False)
 
 
-@pytest.fixture
-async def manager(tmp_path: Path) -> AsyncIterator[StreamManager]:
-    store = SQLiteStore(tmp_path / "agentsync.db")
-    await store.open()
-    manager = StreamManager(Config(data=str(tmp_path)), SQLiteStreamStore(store))
-    await manager.start()
-    try:
+@pytest.fixture(params=BACKENDS)
+async def manager(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StreamManager]:
+    async with open_manager(request.param, tmp_path) as manager:
         yield manager
-    finally:
-        await manager.stop()
-        await store.close()
 
 
 async def all_data(manager: StreamManager, path: str) -> bytes:
@@ -113,3 +106,19 @@ async def test_reads_renew_the_ttl_in_memory_and_persist_it_coarsely(
     await asyncio.sleep(0.8)  # past the TTL counted from creation, not from the read
     manager.accessed(live)
     await manager.current("s")
+
+
+async def test_read_units_pages_through_long_streams_and_stops_at_max_bytes(
+    manager: StreamManager,
+) -> None:
+    await manager.create("long", TEXT)
+    for i in range(600):
+        await manager.append("long", AppendRequest(b"%03d" % i, "text/plain", None, None, False))
+    _live, state = await manager.current("long")
+    assert manager.store is not None
+    pieces = forks.segments(state, 0, state.tail)
+    units = await manager.store.read_units(pieces, 1 << 30)
+    assert [seq for seq, _ in units] == list(range(1, 601))
+    assert b"".join(u for _, u in units) == b"".join(b"%03d" % i for i in range(600))
+    assert len(await manager.store.read_units(pieces, 10)) == 3
+    assert len(await manager.store.read_units(pieces, 1)) == 1  # at least one

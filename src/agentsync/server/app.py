@@ -82,14 +82,20 @@ def make_store(config: Config) -> Store:
 
 
 def make_stream_store(store: Store) -> StreamStore | None:
-    """Durable Streams live in the node's own store; only SQLite has them so far."""
+    """Durable Streams live in the node's own store (SQLite or PostgreSQL)."""
     from agentsync.store.sqlite import SQLiteStore
 
-    if not isinstance(store, SQLiteStore):
-        return None
-    from agentsync.streams.sqlite import SQLiteStreamStore
+    if isinstance(store, SQLiteStore):
+        from agentsync.streams.sqlite import SQLiteStreamStore
 
-    return SQLiteStreamStore(store)
+        return SQLiteStreamStore(store)
+    from agentsync.store.postgres import PostgresStore
+
+    if isinstance(store, PostgresStore):
+        from agentsync.streams.postgres import PostgresStreamStore
+
+        return PostgresStreamStore(store)
+    return None
 
 
 def make_bus(config: Config) -> Bus | None:

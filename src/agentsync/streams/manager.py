@@ -8,6 +8,10 @@ Theory of operation:
   node has been told, and reads-your-writes holds.
 * Long-poll and SSE readers wait on a stream's ``changed`` future, signalled whenever its
   tail, closure or existence changes. An entry with waiters is never evicted.
+* On a store several nodes share (``store.shared``: PostgreSQL), other nodes' commits reach
+  no listener here: every ``get`` re-loads the entry (so a stream closed or deleted
+  elsewhere is never served from the cache), and waiting readers re-load it every
+  ``SHARED_POLL_SECONDS``; each load goes through the ordered queue like any other.
 * The sliding TTL is renewed by every read and write (not HEAD). Reads renew it in
   memory (``accessed_ms``), passed to every write job, which decides expiry on the later
   of it and the stored time; the stored time is brought forward by a ``touch`` job at most
@@ -39,6 +43,9 @@ MAX_TOUCH_INTERVAL_MS: Final = 60_000
 # get() and starting to wait) is never left waiting on an entry the store no longer feeds.
 MIN_IDLE_BEFORE_EVICTION: Final = 60.0
 SWEEP_BATCH: Final = 500
+# On a store other nodes write too (``store.shared``), a waiting reader re-loads the stream
+# this often: their commits reach no listener of this node.
+SHARED_POLL_SECONDS: Final = 0.15
 
 
 class LiveStream:
@@ -90,6 +97,8 @@ class StreamManager:
         self.entries: OrderedDict[str, LiveStream] = OrderedDict()  # least recent first
         self.closing = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Other nodes write the same streams: cached metadata is re-loaded on every use.
+        self.shared = bool(getattr(store, "shared", False))
         if store is not None:
             store.observe(self._apply)
 
@@ -127,10 +136,7 @@ class StreamManager:
 
     def _require(self) -> StreamStore:
         if self.store is None:
-            raise Unavailable(
-                "Durable Streams are served on the SQLite store only for now; "
-                "this node runs on PostgreSQL"
-            )
+            raise Unavailable("this node's store has no Durable Streams backend")
         return self.store
 
     # -- the cache ----------------------------------------------------------------------
@@ -161,6 +167,8 @@ class StreamManager:
             self.entries[path] = live
             live.loading = asyncio.ensure_future(store.load(path))
             self._evict()
+        elif self.shared and live.loading is None:
+            live.loading = asyncio.ensure_future(store.load(path))
         loading = live.loading
         if loading is not None:
             try:
@@ -170,7 +178,7 @@ class StreamManager:
                     del self.entries[path]
                 raise
             finally:
-                if loading.done():
+                if loading.done() and live.loading is loading:
                     live.loading = None
         self.entries.move_to_end(path)
         live.last_used = time.monotonic()
@@ -276,12 +284,29 @@ class StreamManager:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return False
+                step = min(remaining, SHARED_POLL_SECONDS) if self.shared else remaining
                 try:
-                    await asyncio.wait_for(asyncio.shield(live.changed), remaining)
+                    await asyncio.wait_for(asyncio.shield(live.changed), step)
                 except TimeoutError:
-                    return False
+                    if not self.shared:
+                        return False
+                    await self._reload(live)
         finally:
             live.waiters -= 1
+
+    async def _reload(self, live: LiveStream) -> None:
+        """Load the stream again (the listener applies it and signals a change), sharing
+        the load with the node's other readers of it."""
+        loading = live.loading
+        if loading is None:
+            loading = live.loading = asyncio.ensure_future(self._require().load(live.path))
+        try:
+            await asyncio.shield(loading)
+        except Exception as exc:
+            log.warning("re-loading stream %r failed: %s", live.path, exc)
+        finally:
+            if loading.done() and live.loading is loading:
+                live.loading = None
 
     # -- expiry -------------------------------------------------------------------------
 
