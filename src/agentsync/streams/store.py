@@ -1,4 +1,4 @@
-"""The storage interface of Durable Streams, one module per backend (``sqlite`` now).
+"""The storage interface of Durable Streams, one module per backend (``sqlite``, ``postgres``).
 
 Contract every backend keeps:
 
