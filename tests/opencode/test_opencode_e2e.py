@@ -97,8 +97,13 @@ async def test_opencode_shares_live_into_agentsync_and_imports_back(
             snapshot = (await http.get(f"/v1/sessions/{share_id}")).json()
             final_seq = snapshot["seq"]
             assert opened_at < final_seq, "the page did not see the reply arrive live"
+            # A function, not an expression string: Playwright re-evals an expression
+            # on every poll, which the viewer's CSP (script-src 'self') refuses; a
+            # function is evaluated once, by the DevTools call that CSP exempts.
             await page.wait_for_function(
-                f"Number(document.body.dataset.rendered) >= {final_seq}", timeout=15_000
+                "seq => Number(document.body.dataset.rendered) >= seq",
+                arg=final_seq,
+                timeout=15_000,
             )
             shown = await page_state(page)
 
