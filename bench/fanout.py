@@ -722,7 +722,18 @@ def http(method: str, host: str, port: int, path: str, body: Any = None, token: 
 
 
 class Server:
-    def __init__(self, name: str, cmd: list[str], port: int, env: dict[str, str]) -> None:
+    """A server process pinned to the server core, ready once ``GET ready[0]`` answers
+    ``ready[1]`` (agentsync's /readyz; other servers: a known 404)."""
+
+    def __init__(
+        self,
+        name: str,
+        cmd: list[str],
+        port: int,
+        env: dict[str, str],
+        ready: tuple[str, int] = ("/readyz", 200),
+        cwd: str | None = None,
+    ) -> None:
         self.name, self.port = name, port
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (kept open for the server's life)
             prefix=f"bench-{name}-", suffix=".log", delete=False
@@ -732,6 +743,7 @@ class Server:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **env},
+            cwd=cwd,
             start_new_session=True,
         )
         deadline = time.monotonic() + 60
@@ -739,7 +751,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{name} exited {self.proc.returncode}; log: {self.log.name}")
             try:
-                if http("GET", "127.0.0.1", port, "/readyz")[0] == 200:
+                if http("GET", "127.0.0.1", port, ready[0])[0] == ready[1]:
                     break
             except OSError:
                 pass

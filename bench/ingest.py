@@ -72,7 +72,6 @@ LUA = r"""
 local sessions = {%(sessions)s}
 local secrets = {%(secrets)s}
 local body = %(body)s
-local quantiles = {%(quantiles)s}
 local n = #sessions
 local i = 0
 request = function()
@@ -81,20 +80,25 @@ request = function()
   return wrk.format("POST", "/v1/sessions/" .. sessions[k] .. "/events",
     {["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. secrets[k]}, body)
 end
+"""
+
+# Appended to every wrk script: prints one RESULT line of JSON that run_wrk_scripts parses.
+WRK_REPORT = r"""
+local quantiles = {QUANTILES}
 done = function(summary, latency, requests)
   local e = summary.errors
   local q = {}
   for _, p in ipairs(quantiles) do
-    q[#q + 1] = string.format("[%%.2f,%%d]", p, latency:percentile(p))
+    q[#q + 1] = string.format("[%.2f,%d]", p, latency:percentile(p))
   end
-  q[#q + 1] = string.format("[100,%%d]", latency.max)
+  q[#q + 1] = string.format("[100,%d]", latency.max)
   io.write(string.format(
-    "\nRESULT {\"requests\": %%d, \"duration_us\": %%d, \"status\": %%d, \"connect\": %%d, " ..
-    "\"read\": %%d, \"write\": %%d, \"timeout\": %%d, \"q\": [%%s]}\n",
+    "\nRESULT {\"requests\": %d, \"duration_us\": %d, \"status\": %d, \"connect\": %d, " ..
+    "\"read\": %d, \"write\": %d, \"timeout\": %d, \"q\": [%s]}\n",
     summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
     table.concat(q, ",")))
 end
-"""
+""".replace("QUANTILES", ",".join(f"{q:g}" for q in QUANTILES))
 
 # (port, sessions, connections): one node's share of the load
 Target = tuple[int, list[tuple[str, str]], int]
@@ -124,19 +128,26 @@ def merged_percentile(parts: list[tuple[int, list[list[float]]]], p: float) -> f
 
 
 def run_wrk(targets: list[Target], batch: int, dur: float) -> dict[str, Any]:
-    """One wrk process per target (`-t1 -cN`, pinned to the load core), all at once;
-    results summed, latencies merged."""
+    """One wrk process per target, all at once (see run_wrk_scripts)."""
+    jobs = []
+    for port, sessions, conns in targets:
+        script = LUA % {
+            "sessions": ",".join(lua_str(s) for s, _ in sessions),
+            "secrets": ",".join(lua_str(k) for _, k in sessions),
+            "body": lua_str(body_for(batch)),
+        }
+        jobs.append((port, script, conns))
+    return run_wrk_scripts(jobs, dur)
+
+
+def run_wrk_scripts(jobs: list[tuple[int, str, int]], dur: float) -> dict[str, Any]:
+    """One wrk process per (port, Lua script, connections), `-t1 -cN`, pinned to the load
+    core, all at once; results summed, latencies merged. ``non200`` counts answers >= 400."""
     procs = []
     try:
-        for port, sessions, conns in targets:
-            script = LUA % {
-                "sessions": ",".join(lua_str(s) for s, _ in sessions),
-                "secrets": ",".join(lua_str(k) for _, k in sessions),
-                "body": lua_str(body_for(batch)),
-                "quantiles": ",".join(f"{q:g}" for q in QUANTILES),
-            }
+        for port, script, conns in jobs:
             with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-                f.write(script)
+                f.write(script + WRK_REPORT)
             cmd = ["taskset", "-c", str(LOAD_CORE), "wrk", "-t1", f"-c{conns}"]
             cmd += [f"-d{max(1, round(dur))}s", "--timeout", "10s", "-s", f.name]
             cmd += [f"http://127.0.0.1:{port}/"]

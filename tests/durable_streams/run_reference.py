@@ -49,7 +49,7 @@ _LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
 SERVE_MJS = """\
 // Written by tests/durable_streams/run_reference.py: start the reference server.
 import { DurableStreamTestServer } from "@durable-streams/server"
-const opts = { host: "127.0.0.1", port: 0 }
+const opts = { host: "127.0.0.1", port: Number(process.env.DS_PORT || 0) }
 if (process.env.DS_DATA_DIR) opts.dataDir = process.env.DS_DATA_DIR
 const lp = process.env.DS_LONG_POLL_TIMEOUT_MS
 if (lp) opts.longPollTimeout = Number(lp)

@@ -9,23 +9,31 @@ compare the stream's content type exactly.
 Writes are open on a loopback bind; otherwise (or once ``--stream-key`` or
 ``--admin-key`` is set) they need ``Authorization: Bearer`` with one of those keys.
 Reads are open. Paths under ``sessions/`` and ``__ds/`` are reserved.
+
+Appends, the hot path, skip the router: :class:`Appends` sits in front of it and answers
+``POST /v1/stream/{path}`` from the raw ASGI scope. Starlette's route walk, ``Request`` and
+``Response`` cost as much CPU as the append itself (``bench/durable_streams.py``).
 """
 
 from __future__ import annotations
 
 import hmac
 import random
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Final
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agentsync import auth
-from agentsync.protocol import now_ms
-from agentsync.server.http import read_body
+from agentsync.config import Config
+from agentsync.protocol import AgentsyncError, now_ms
+from agentsync.server.http import error_response as agentsync_error_response
+from agentsync.server.http import read_body, receive_body
 from agentsync.streams import forks, rules
 from agentsync.streams.manager import LiveStream, StreamManager
 from agentsync.streams.rules import (
@@ -64,7 +72,6 @@ async def endpoint(request: Request) -> Response:
         "GET": read,
         "HEAD": head,
         "PUT": create,
-        "POST": append,
         "DELETE": delete,
         "OPTIONS": options,
     }[request.method]
@@ -75,14 +82,16 @@ async def endpoint(request: Request) -> Response:
 
 
 def stream_path(request: Request) -> str:
-    path: str = request.path_params["path"]
+    return checked_path(request.path_params["path"])
+
+
+def checked_path(path: str) -> str:
     if not path or len(path) > 1024 or "\x00" in path:
         raise rules.bad_request("a stream path must be 1 to 1024 characters, without NUL")
     return path
 
 
-def authorize_write(request: Request) -> None:
-    config = manager_of(request).config
+def authorize_write(config: Config, headers: Mapping[str, str]) -> None:
     keys = [k for k in (config.stream_key, config.admin_key) if k]
     # Open only to this machine: a loopback bind that is not behind a proxy (a proxy on
     # the same machine would bring the whole internet to the loopback address).
@@ -96,7 +105,7 @@ def authorize_write(request: Request) -> None:
             "writing streams on a public bind (or behind a proxy) needs a key: start the "
             "server with --stream-key KEY and send 'Authorization: Bearer KEY'",
         )
-    presented = auth.bearer(request.headers.get("authorization"))
+    presented = auth.bearer(headers.get("authorization"))
     if presented is None:
         raise StreamError(401, "unauthorized", "send 'Authorization: Bearer <stream key>'")
     if not any(hmac.compare_digest(presented.encode(), k.encode()) for k in keys):
@@ -116,7 +125,7 @@ async def create(request: Request) -> Response:
             f"stream paths under {' and '.join(RESERVED_PREFIXES)} are reserved "
             "(agentsync sessions will be readable there); choose another path",
         )
-    authorize_write(request)
+    authorize_write(manager_of(request).config, headers)
     fork = forks.parse_fork(
         headers.get("stream-forked-from"),
         headers.get("stream-fork-offset"),
@@ -148,15 +157,64 @@ async def create(request: Request) -> Response:
     return Response(b"", 201 if created.new else 200, headers=out)
 
 
-async def append(request: Request) -> Response:
-    path = stream_path(request)
-    authorize_write(request)
-    headers = request.headers
+class Appends:
+    """ASGI layer in front of the router: ``POST /v1/stream/{path}`` (but not the
+    read-only ``sessions/{id}`` route) is answered here; everything else passes on."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            route_path: str = scope["path"]
+            root = scope.get("root_path", "")
+            if root and route_path.startswith(root):
+                route_path = route_path[len(root) :]
+            if route_path.startswith(ROUTE_PREFIX):
+                path = route_path[len(ROUTE_PREFIX) :]
+                if not SESSION_ROUTE.match(path):
+                    await _append_asgi(scope["app"].state.streams, path, scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+SESSION_ROUTE: Final = re.compile(r"sessions/[^/]+\Z")  # stream_sessions' route
+
+
+async def _append_asgi(
+    manager: StreamManager, path: str, scope: Scope, receive: Receive, send: Send
+) -> None:
+    headers: dict[str, str] = {}
+    for name, value in scope["headers"]:  # the first of repeated headers, as Starlette
+        headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+    try:
+        checked_path(path)
+        authorize_write(manager.config, headers)
+        limit = manager.config.max_body_bytes
+        body = await receive_body(receive, headers.get("content-length"), limit)
+        status, out = await append(manager, path, headers, body)
+    except StreamError as err:
+        await error_response(err)(scope, receive, send)
+        return
+    except AgentsyncError as err:  # e.g. the body is too large
+        scope["app"].state.hub.metrics.rejected.labels(err.code).inc()
+        await agentsync_error_response(err)(scope, receive, send)
+        return
+    raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in out.items()]
+    if status != 204:
+        raw.append((b"content-length", b"0"))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def append(
+    manager: StreamManager, path: str, headers: Mapping[str, str], body: bytes
+) -> tuple[int, dict[str, str]]:
+    """An append's status and headers; refusals raise StreamError."""
     producer = rules.parse_producer(
         headers.get("producer-id"), headers.get("producer-epoch"), headers.get("producer-seq")
     )
     close = rules.is_true(headers.get("stream-closed"))
-    body = await read_body(request, manager_of(request).config.max_body_bytes)
     content_type = headers.get("content-type")
     stream_seq = headers.get("stream-seq")
     if not body:
@@ -173,16 +231,14 @@ async def append(request: Request) -> Response:
             except StreamError as err:
                 body_error = err  # refused inside the job, after closed/type/producer
         req = AppendRequest(unit, content_type, stream_seq, producer, close, body_error)
-    appended = await manager_of(request).append(path, req)
+    appended = await manager.append(path, req)
     status = rules.append_status(req, appended.outcome)
-    return Response(
-        None, status, headers=rules.append_headers(appended.state, req, appended.outcome)
-    )
+    return status, rules.append_headers(appended.state, req, appended.outcome)
 
 
 async def delete(request: Request) -> Response:
     path = stream_path(request)
-    authorize_write(request)
+    authorize_write(manager_of(request).config, request.headers)
     await manager_of(request).delete(path)
     return Response(None, 204)
 

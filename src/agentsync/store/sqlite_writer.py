@@ -49,13 +49,15 @@ class Job(Generic[T]):
     loop: asyncio.AbstractEventLoop
 
 
-def _resolve(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if future.done():  # the caller was cancelled; the write happened (or not) regardless
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
+def _resolve_all(batch: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    """Answer a group's jobs in commit order (their done-callbacks run in that order)."""
+    for future, ok, value in batch:
+        if future.done():  # the caller was cancelled; the write happened (or not) anyway
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 def connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -191,10 +193,15 @@ class Writer:
             if self.deleted and self.on_delete is not None:
                 self.on_delete()
         self.deleted = False
+        # One wake-up per event loop for the whole group, not one per job.
+        answers: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]]
+        answers = {}
         for job, (ok, value) in zip(group, outcomes, strict=True):
+            answers.setdefault(job.loop, []).append((job.future, ok, value))
+        for loop, batch in answers.items():
             # RuntimeError: the caller's loop is closed, so nobody is waiting.
             with contextlib.suppress(RuntimeError):
-                job.loop.call_soon_threadsafe(_resolve, job.future, ok, value)
+                loop.call_soon_threadsafe(_resolve_all, batch)
 
     def _read_data_version(self) -> int:
         return int(self.conn.execute("PRAGMA data_version").fetchone()[0])

@@ -351,34 +351,30 @@ async def _append(
             now_ms,
             state.id,
         )
+        after = rules.appended_state(state, req, None, now_ms)
     else:
-        await _write(conn, state, req, outcome, now_ms)
-    after = await _select_id(conn, state.id)
-    assert after is not None
+        after = await _write(conn, state, req, outcome, now_ms)
     changes[path] = after
     return changes, Appended(after, outcome)
 
 
 async def _write(
     conn: Conn, state: StreamState, req: AppendRequest, plan: Write, now_ms: int
-) -> None:
-    tail = state.tail
+) -> StreamState:
+    after = rules.appended_state(state, req, plan, now_ms)
     if plan.unit is not None:
-        tail += 1
-        await _insert_unit(conn, state.id, tail, plan.unit)
-    closed_by = state.closed_by
-    if plan.close and not state.closed:
-        closed_by = req.producer
+        await _insert_unit(conn, state.id, after.tail, plan.unit)
+    closed_by = after.closed_by
     await conn.execute(
         "UPDATE streams SET tail = $1, closed = $2, closed_by = $3, stream_seq = $4,"
-        " accessed_at = GREATEST(accessed_at, $5) WHERE id = $6",
-        tail,
-        state.closed or plan.close,
+        " accessed_at = $5 WHERE id = $6",
+        after.tail,
+        after.closed,
         None
         if closed_by is None
         else orjson.dumps([closed_by.id, closed_by.epoch, closed_by.seq]).decode(),
-        plan.stream_seq,
-        now_ms,
+        after.stream_seq,
+        after.accessed_at,
         state.id,
     )
     if plan.producer_state is not None and req.producer is not None:
@@ -392,6 +388,7 @@ async def _write(
             plan.producer_state.seq,
             now_ms,
         )
+    return after
 
 
 async def _delete(conn: Conn, path: str, now_ms: int, accessed_ms: int) -> Result:

@@ -360,35 +360,31 @@ def _append(
         conn.execute(
             "UPDATE streams SET accessed_at = MAX(accessed_at, ?) WHERE id = ?", (now_ms, state.id)
         )
+        after = rules.appended_state(state, req, None, now_ms)
     else:
-        _write(conn, state, req, outcome, now_ms)
-    after = _select_id(conn, state.id)
-    assert after is not None
+        after = _write(conn, state, req, outcome, now_ms)
     changes[path] = after
     return changes, Appended(after, outcome)
 
 
 def _write(
     conn: sqlite3.Connection, state: StreamState, req: AppendRequest, plan: Write, now_ms: int
-) -> None:
-    tail = state.tail
+) -> StreamState:
+    after = rules.appended_state(state, req, plan, now_ms)
     if plan.unit is not None:
-        tail += 1
-        _insert_unit(conn, state.id, tail, plan.unit)
-    closed_by = state.closed_by
-    if plan.close and not state.closed:
-        closed_by = req.producer
+        _insert_unit(conn, state.id, after.tail, plan.unit)
+    closed_by = after.closed_by
     conn.execute(
         "UPDATE streams SET tail = ?, closed = ?, closed_by = ?, stream_seq = ?,"
-        " accessed_at = MAX(accessed_at, ?) WHERE id = ?",
+        " accessed_at = ? WHERE id = ?",
         (
-            tail,
-            int(state.closed or plan.close),
+            after.tail,
+            int(after.closed),
             None
             if closed_by is None
             else orjson.dumps([closed_by.id, closed_by.epoch, closed_by.seq]).decode(),
-            plan.stream_seq,
-            now_ms,
+            after.stream_seq,
+            after.accessed_at,
             state.id,
         ),
     )
@@ -405,6 +401,7 @@ def _write(
                 now_ms,
             ),
         )
+    return after
 
 
 def _delete(conn: sqlite3.Connection, path: str, now_ms: int, accessed_ms: int) -> Result:
