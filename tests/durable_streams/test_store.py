@@ -122,3 +122,22 @@ async def test_read_units_pages_through_long_streams_and_stops_at_max_bytes(
     assert b"".join(u for _, u in units) == b"".join(b"%03d" % i for i in range(600))
     assert len(await manager.store.read_units(pieces, 10)) == 3
     assert len(await manager.store.read_units(pieces, 1)) == 1  # at least one
+
+
+async def test_sqlite_appends_see_rows_another_process_changed(tmp_path: Path) -> None:
+    """The SQLite writer keeps the rows its appends left, to skip reading them again; a
+    change by another process (here: another connection closing the stream) must win."""
+    import sqlite3
+
+    async with open_manager("sqlite", tmp_path) as manager:
+        await manager.create("s", TEXT)
+        await manager.append("s", AppendRequest(b"a", "text/plain", None, None, False))
+        other = sqlite3.connect(tmp_path / "agentsync.db", isolation_level=None)
+        try:
+            other.execute("UPDATE streams SET closed = 1 WHERE path = 's'")
+        finally:
+            other.close()
+        with pytest.raises(StreamError) as info:
+            await manager.append("s", AppendRequest(b"b", "text/plain", None, None, False))
+        assert info.value.status == 409
+        assert await all_data(manager, "s") == b"a"

@@ -128,6 +128,9 @@ class Writer:
         self._pending: dict[str, int] = {}  # changes of the group being written
         self._data_version = self._read_data_version()
         self.deleted = False  # a job of the current group deleted a share
+        # Bumped whenever caches of committed rows must be dropped: another process
+        # wrote, or a group rolled back. Other caches on this thread compare it.
+        self.generation = 0
         self.on_delete: Callable[[], None] | None = None  # called after such a group commits
         self.thread = threading.Thread(target=self._run, name="agentsync-sqlite-writer")
 
@@ -163,6 +166,7 @@ class Writer:
             if version != self._data_version:  # another process wrote: distrust the cache
                 self._last_seq.clear()
                 self._data_version = version
+                self.generation += 1
             for job in group:
                 if not conn.in_transaction:
                     # SQLite rolled the whole transaction back (e.g. disk full); running
@@ -181,6 +185,7 @@ class Writer:
             conn.execute("COMMIT")
         except Exception as exc:
             self._pending.clear()
+            self.generation += 1
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
