@@ -186,13 +186,19 @@ class SQLiteStore:
 
     # -- plumbing -----------------------------------------------------------------------
 
-    def _write(self, run: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+    def _write(
+        self,
+        run: Callable[[sqlite3.Connection], T],
+        committed: Callable[[T], None] | None = None,
+    ) -> asyncio.Future[T]:
+        """Queue a write; its future resolves after the group commits. ``committed`` is
+        called first, in commit order, even if the future was cancelled meanwhile."""
         writer = self._writer
         if writer is None:
             raise Unavailable("the SQLite store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        writer.jobs.put(Job(run, future, loop))
+        writer.jobs.put(Job(run, future, loop, committed))
         return future
 
     async def _read(self, run: Callable[[sqlite3.Connection], T]) -> T:

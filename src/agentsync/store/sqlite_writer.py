@@ -47,11 +47,17 @@ class Job(Generic[T]):
     run: Callable[[sqlite3.Connection], T]
     future: asyncio.Future[T]
     loop: asyncio.AbstractEventLoop
+    # Called with the result on the loop, in commit order, even if the caller has gone
+    # away (its future cancelled): what must hear of every committed write.
+    committed: Callable[[T], None] | None = None
 
 
-def _resolve_all(batch: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+def _resolve_all(batch: list[tuple[Job[Any], bool, Any]]) -> None:
     """Answer a group's jobs in commit order (their done-callbacks run in that order)."""
-    for future, ok, value in batch:
+    for job, ok, value in batch:
+        if ok and job.committed is not None:
+            job.committed(value)
+        future = job.future
         if future.done():  # the caller was cancelled; the write happened (or not) anyway
             continue
         if ok:
@@ -199,10 +205,9 @@ class Writer:
                 self.on_delete()
         self.deleted = False
         # One wake-up per event loop for the whole group, not one per job.
-        answers: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]]
-        answers = {}
+        answers: dict[asyncio.AbstractEventLoop, list[tuple[Job[Any], bool, Any]]] = {}
         for job, (ok, value) in zip(group, outcomes, strict=True):
-            answers.setdefault(job.loop, []).append((job.future, ok, value))
+            answers.setdefault(job.loop, []).append((job, ok, value))
         for loop, batch in answers.items():
             # RuntimeError: the caller's loop is closed, so nobody is waiting.
             with contextlib.suppress(RuntimeError):

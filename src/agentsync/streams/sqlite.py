@@ -13,7 +13,6 @@ with the release of its source's reference and the cascade that follows, or none
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -466,12 +465,9 @@ class SQLiteStreamStore:
         return await self._submit(self._truncating(self._forgetting(run)))
 
     async def _submit(self, run: Callable[[sqlite3.Connection], Result]) -> Any:
-        future = self.store._write(run)
-        # Registered before anyone awaits the future, so it runs first, in commit order.
-        future.add_done_callback(self._committed)
-        # Shielded: a caller that goes away must not cancel the future (the write
-        # happens regardless, and the listener must still hear of it).
-        _changes, answer = await asyncio.shield(future)
+        # The listener hears of the commit (in commit order) even if this caller goes
+        # away meanwhile: the write happens regardless.
+        _changes, answer = await self.store._write(run, self._committed)
         if isinstance(answer, StreamError):
             raise answer
         return answer
@@ -517,10 +513,10 @@ class SQLiteStreamStore:
 
         return job
 
-    def _committed(self, done: asyncio.Future[Result]) -> None:
-        if done.cancelled() or done.exception() is not None or self._listener is None:
+    def _committed(self, result: Result) -> None:
+        if self._listener is None:
             return
-        for path, state in done.result()[0].items():
+        for path, state in result[0].items():
             self._listener(path, state)
 
     async def open(self) -> None:
