@@ -141,3 +141,32 @@ async def test_sqlite_appends_see_rows_another_process_changed(tmp_path: Path) -
             await manager.append("s", AppendRequest(b"b", "text/plain", None, None, False))
         assert info.value.status == 409
         assert await all_data(manager, "s") == b"a"
+
+
+async def test_appends_of_one_turn_each_get_their_own_answer(manager: StreamManager) -> None:
+    """Appends made together (SQLite writes them as one batch) are decided one by one,
+    in order: a refusal refuses only its own append, and a close shuts out the rest."""
+    await manager.create("a", TEXT)
+    await manager.create("b", TEXT)
+
+    def plain(body: bytes, close: bool = False) -> AppendRequest:
+        return AppendRequest(body, "text/plain", None, None, close)
+
+    results = await asyncio.gather(
+        manager.append("a", plain(b"1")),
+        manager.append("missing", plain(b"?")),
+        manager.append("b", producer_append(0, b"x")),
+        manager.append("a", plain(b"2", close=True)),
+        manager.append("b", producer_append(0, b"again")),
+        manager.append("a", plain(b"3")),
+        manager.append("b", producer_append(1, b"y")),
+        return_exceptions=True,
+    )
+    statuses = [
+        r.status if isinstance(r, StreamError) else type(r.outcome).__name__ for r in results
+    ]
+    assert statuses == ["Write", 404, "Write", "Write", "Duplicate", 409, "Write"]
+    assert await all_data(manager, "a") == b"12"
+    assert await all_data(manager, "b") == b"xy"
+    _live, state_a = await manager.current("a")
+    assert state_a.closed and state_a.tail == 2

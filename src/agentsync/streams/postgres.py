@@ -370,9 +370,7 @@ async def _write(
         " accessed_at = $5 WHERE id = $6",
         after.tail,
         after.closed,
-        None
-        if closed_by is None
-        else orjson.dumps([closed_by.id, closed_by.epoch, closed_by.seq]).decode(),
+        rules.closed_by_json(closed_by),
         after.stream_seq,
         after.accessed_at,
         state.id,

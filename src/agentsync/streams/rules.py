@@ -390,6 +390,13 @@ class Duplicate:
     closed: bool  # answer with Stream-Closed: true
 
 
+def closed_by_json(producer: Producer | None) -> str | None:
+    """The ``closed_by`` column: the producer tuple that closed a stream, as JSON."""
+    if producer is None:
+        return None
+    return orjson.dumps([producer.id, producer.epoch, producer.seq]).decode()
+
+
 def appended_state(
     state: StreamState, req: AppendRequest, plan: Write | None, now_ms: int
 ) -> StreamState:

@@ -13,9 +13,10 @@ with the release of its source's reference and the cascade that follows, or none
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -33,7 +34,6 @@ from agentsync.streams.rules import (
     Segment,
     StreamError,
     StreamState,
-    Write,
 )
 from agentsync.streams.store import Appended, Created, Listener
 
@@ -340,77 +340,87 @@ def _insert(
     return Created(created, new=True)
 
 
-def _append(
-    conn: sqlite3.Connection,
-    path: str,
-    req: AppendRequest,
-    now_ms: int,
-    accessed_ms: int,
-    known: StreamState | None = None,
-) -> Result:
-    changes: Changes = {}
-    state = _current(conn, path, now_ms, accessed_ms, changes, known)
-    if state is None:
-        return changes, rules.not_found(path)
-    if state.deleted:
-        return changes, rules.gone(path)
-    current: ProducerState | None = None
-    if req.producer is not None:
-        row = conn.execute(
-            "SELECT epoch, seq FROM stream_producers WHERE stream_id = ? AND producer = ?",
-            (state.id, req.producer.id),
-        ).fetchone()
-        current = None if row is None else ProducerState(row[0], row[1])
-    try:
-        outcome = rules.decide_append(state, current, req)
-    except StreamError as refusal:
-        return changes, refusal
-    if isinstance(outcome, Duplicate):
-        conn.execute(
-            "UPDATE streams SET accessed_at = MAX(accessed_at, ?) WHERE id = ?", (now_ms, state.id)
-        )
-        after = rules.appended_state(state, req, None, now_ms)
-    else:
-        after = _write(conn, state, req, outcome, now_ms)
-    changes[path] = after
-    return changes, Appended(after, outcome)
+AppendItem = tuple[str, AppendRequest, int, int]  # path, request, now_ms, accessed_ms
 
 
-def _write(
-    conn: sqlite3.Connection, state: StreamState, req: AppendRequest, plan: Write, now_ms: int
-) -> StreamState:
-    after = rules.appended_state(state, req, plan, now_ms)
-    if plan.unit is not None:
-        _insert_unit(conn, state.id, after.tail, plan.unit)
-    closed_by = after.closed_by
-    conn.execute(
+def _append_batch(
+    conn: sqlite3.Connection, items: Sequence[AppendItem], known: Mapping[str, StreamState]
+) -> tuple[list[Result], Changes]:
+    """Appends in order, each decided as if it were its own job, with the rows written
+    once at the end: units in one ``executemany``, each stream's row once however many
+    appends it took. Returns every item's result, and the rows as the batch left them.
+    ``known``: rows as earlier appends left them (see SQLiteStreamStore._known_rows)."""
+    rows: dict[str, StreamState | None] = {}
+    producers: dict[tuple[int, str], ProducerState | None] = {}
+    units: list[tuple[int, int, bytes]] = []
+    final: dict[int, StreamState] = {}  # stream id -> its row to write
+    upserts: dict[tuple[int, str], tuple[ProducerState, int]] = {}
+    results: list[Result] = []
+    for path, req, now_ms, accessed_ms in items:
+        changes: Changes = {}
+        if path in rows:
+            state = rows[path]
+        else:
+            state = _current(conn, path, now_ms, accessed_ms, changes, known.get(path))
+            rows.update(changes)
+            rows[path] = state
+        if state is None:
+            results.append((changes, rules.not_found(path)))
+            continue
+        if state.deleted:
+            results.append((changes, rules.gone(path)))
+            continue
+        current: ProducerState | None = None
+        if req.producer is not None:
+            key = (state.id, req.producer.id)
+            if key not in producers:
+                row = conn.execute(
+                    "SELECT epoch, seq FROM stream_producers WHERE stream_id = ? AND producer = ?",
+                    key,
+                ).fetchone()
+                producers[key] = None if row is None else ProducerState(row[0], row[1])
+            current = producers[key]
+        try:
+            outcome = rules.decide_append(state, current, req)
+        except StreamError as refusal:
+            results.append((changes, refusal))
+            continue
+        if isinstance(outcome, Duplicate):
+            after = rules.appended_state(state, req, None, now_ms)
+        else:
+            after = rules.appended_state(state, req, outcome, now_ms)
+            if outcome.unit is not None:
+                units.append((state.id, after.tail, outcome.unit))
+            if outcome.producer_state is not None and req.producer is not None:
+                key = (state.id, req.producer.id)
+                producers[key] = outcome.producer_state
+                upserts[key] = (outcome.producer_state, now_ms)
+        final[state.id] = after
+        rows[path] = changes[path] = after
+        results.append((changes, Appended(after, outcome)))
+    conn.executemany("INSERT INTO stream_units (stream_id, seq, data) VALUES (?, ?, ?)", units)
+    conn.executemany(
         "UPDATE streams SET tail = ?, closed = ?, closed_by = ?, stream_seq = ?,"
         " accessed_at = ? WHERE id = ?",
-        (
-            after.tail,
-            int(after.closed),
-            None
-            if closed_by is None
-            else orjson.dumps([closed_by.id, closed_by.epoch, closed_by.seq]).decode(),
-            after.stream_seq,
-            after.accessed_at,
-            state.id,
-        ),
-    )
-    if plan.producer_state is not None and req.producer is not None:
-        conn.execute(
-            "INSERT INTO stream_producers (stream_id, producer, epoch, seq, updated_at)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (stream_id, producer) DO UPDATE SET"
-            " epoch = excluded.epoch, seq = excluded.seq, updated_at = excluded.updated_at",
+        [
             (
-                state.id,
-                req.producer.id,
-                plan.producer_state.epoch,
-                plan.producer_state.seq,
-                now_ms,
-            ),
-        )
-    return after
+                row.tail,
+                int(row.closed),
+                rules.closed_by_json(row.closed_by),
+                row.stream_seq,
+                row.accessed_at,
+                stream_id,
+            )
+            for stream_id, row in final.items()
+        ],
+    )
+    conn.executemany(
+        "INSERT INTO stream_producers (stream_id, producer, epoch, seq, updated_at)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (stream_id, producer) DO UPDATE SET"
+        " epoch = excluded.epoch, seq = excluded.seq, updated_at = excluded.updated_at",
+        [(sid, pid, ps.epoch, ps.seq, now) for (sid, pid), (ps, now) in upserts.items()],
+    )
+    return results, rows
 
 
 def _delete(conn: sqlite3.Connection, path: str, now_ms: int, accessed_ms: int) -> Result:
@@ -457,6 +467,7 @@ class SQLiteStreamStore:
         # trusted while the writer's generation holds; any other job empties it.
         self._rows: dict[str, StreamState] = {}
         self._rows_generation = -1
+        self._appends: list[tuple[AppendItem, asyncio.Future[Result]]] = []
 
     def observe(self, listener: Listener) -> None:
         self._listener = listener
@@ -465,6 +476,7 @@ class SQLiteStreamStore:
         return await self._submit(self._truncating(self._forgetting(run)))
 
     async def _submit(self, run: Callable[[sqlite3.Connection], Result]) -> Any:
+        self._flush_appends()  # appends asked for earlier are written first
         # The listener hears of the commit (in commit order) even if this caller goes
         # away meanwhile: the write happens regardless.
         _changes, answer = await self.store._write(run, self._committed)
@@ -546,17 +558,48 @@ class SQLiteStreamStore:
     async def append(
         self, path: str, req: AppendRequest, now_ms: int, accessed_ms: int
     ) -> Appended:
+        """Appends made in one turn of the event loop go to the writer as one job (see
+        _append_batch); each still gets its own answer, in order."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Result] = loop.create_future()
+        if not self._appends:
+            loop.call_soon(self._flush_appends)
+        self._appends.append(((path, req, now_ms, accessed_ms), future))
+        _changes, answer = await future
+        if isinstance(answer, StreamError):
+            raise answer
+        result: Appended = answer
+        return result
+
+    def _flush_appends(self) -> None:
+        batch, self._appends = self._appends, []
+        if not batch:
+            return
+        items = [item for item, _ in batch]
+        futures = [future for _, future in batch]
+
         def run(conn: sqlite3.Connection) -> Result:
             rows = self._known_rows()
-            changes, answer = _append(conn, path, req, now_ms, accessed_ms, rows.get(path))
-            if isinstance(answer, Appended):
-                rows[path] = answer.state
-            else:
-                rows.pop(path, None)
-            return changes, answer
+            results, final = _append_batch(conn, items, rows)
+            for path, state in final.items():
+                if state is None:
+                    rows.pop(path, None)
+                else:
+                    rows[path] = state
+            return {p: s for changes, _ in results for p, s in changes.items()}, results
 
-        result: Appended = await self._submit(self._truncating(run))
-        return result
+        def committed(result: Result) -> None:
+            for answer, future in zip(result[1], futures, strict=True):
+                self._committed(answer)  # heard even if its caller has gone away
+                if not future.done():
+                    future.set_result(answer)
+
+        try:
+            done = self.store._write(self._truncating(run), committed)
+        except Exception as exc:  # the store is closed
+            _fail(futures, exc)
+            return
+        done.add_done_callback(lambda d: _fail(futures, d.exception()))
 
     async def delete(self, path: str, now_ms: int, accessed_ms: int) -> None:
         await self._job(lambda conn: _delete(conn, path, now_ms, accessed_ms))
@@ -603,3 +646,12 @@ class SQLiteStreamStore:
             return [(row[0], row[1]) for row in rows]
 
         return await self.store._read(run)
+
+
+def _fail(futures: list[asyncio.Future[Result]], exc: BaseException | None) -> None:
+    """A batch that did not commit: every append in it fails with the reason."""
+    if exc is None:
+        return
+    for future in futures:
+        if not future.done():
+            future.set_exception(exc)
