@@ -170,8 +170,8 @@ class Config:
         default="",
         metadata={
             "help": "bearer key that may create, append to and delete Durable Streams at "
-            "/v1/stream/ (the admin key works too; without either, writes are open on a "
-            "loopback bind only)"
+            "/v1/stream/ (the admin key works too; without either, writes are open only on "
+            "a loopback bind with no --public-url and no --trusted-proxies)"
         },
     )
     stream_long_poll_seconds: float = dataclasses.field(

@@ -6,6 +6,9 @@
   kept and retried (bounded), and receivers skip what they already hold.
 - A received batch that does not follow on from the session's seq, and every session
   after a bus reconnect, is filled from the store: the bus is a fast path, never the record.
+- Durable Streams ride the same bus on channels of their own (``agentsync:ds:<path>``):
+  a node that wrote a stream publishes its new tail, and nodes with readers waiting on
+  the stream re-load it from the store (see streams.manager).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from agentsync.protocol import Event, new_id
 
 if TYPE_CHECKING:
     from agentsync.hub import Hub, LiveSession
+    from agentsync.streams.manager import StreamManager
 
 log = logging.getLogger("agentsync.relay")
 
@@ -44,6 +48,7 @@ PRESENCE_REFRESH = 10.0  # seconds between a node's re-announcements of its read
 PRESENCE_TTL = 3 * PRESENCE_REFRESH  # a node not heard of for this long has no readers
 OUTBOX_LIMIT = 100_000  # unpublished messages kept while the bus is down, at most
 PUBLISH_BATCH = 500
+STREAM_CHANNEL = "agentsync:ds:"  # + a Durable Stream's path; the payload is its tail
 
 
 class Relay:
@@ -53,6 +58,7 @@ class Relay:
         self.node = new_id(6)  # names this process in presence messages
         self._outbox: deque[tuple[str, bytes]] = deque()
         self._wake = asyncio.Event()
+        self.streams: StreamManager | None = None  # told of other nodes' stream writes
 
     async def start(self) -> None:
         await self.bus.open(self._on_message, self._on_resync)
@@ -84,6 +90,21 @@ class Relay:
     async def _release(self, session_id: str) -> None:
         if not self.hub.is_loaded_or_loading(session_id):
             await self.bus.unsubscribe(channel_of(session_id))
+
+    # Durable Streams: the StreamSignals of streams.manager
+
+    async def subscribe_stream(self, path: str) -> None:
+        await self.bus.subscribe(STREAM_CHANNEL + path)
+
+    def release_stream(self, path: str) -> None:
+        self.hub.spawn(self._release_stream(path))
+
+    async def _release_stream(self, path: str) -> None:
+        if self.streams is None or not self.streams.subscribed(path):  # not again since
+            await self.bus.unsubscribe(STREAM_CHANNEL + path)
+
+    def publish_stream(self, path: str, tail: int) -> None:
+        self._queue(STREAM_CHANNEL + path, b"%d" % tail)
 
     # publishing
 
@@ -133,6 +154,11 @@ class Relay:
 
     def _on_message(self, channel: str, payload: bytes) -> None:
         hub = self.hub
+        if channel.startswith(STREAM_CHANNEL):
+            if self.streams is not None:
+                hub.metrics.bus_messages.labels("in").inc()
+                self.streams.on_signal(channel[len(STREAM_CHANNEL) :], payload)
+            return
         live = hub.sessions.get(session_of(channel))
         if live is None:
             return
@@ -166,6 +192,8 @@ class Relay:
     def _on_resync(self) -> None:
         for live in list(self.hub.sessions.values()):
             self.hub.spawn(self.catch_up(live, []))
+        if self.streams is not None:
+            self.streams.resync()
 
     async def catch_up(self, live: LiveSession, events: Sequence[Event]) -> None:
         hub = self.hub

@@ -1,6 +1,8 @@
 """Two real nodes over one PostgreSQL schema and a Redis bus: one producer appends to one
 stream through both, a retry of an acknowledged append through the other node is a
-duplicate, and a long-poll reader on one node wakes for an append made on the other."""
+duplicate, and a long-poll reader on one node wakes for an append made on the other: by
+the bus notice (a waiting node's fallback re-load comes only every 5 s, after the 4 s
+long-poll has given up), also after Redis restarted."""
 
 from __future__ import annotations
 
@@ -12,6 +14,15 @@ import httpx
 from e2e.test_cluster import RedisServer, redis_server  # noqa: F401 (fixture)
 
 from ._backends import PG_URL, pg_schema
+
+
+async def bus_in(http: httpx.AsyncClient, base: str) -> float:
+    """Messages the node has received from the bus (its Prometheus counter)."""
+    text = (await http.get(f"{base}/metrics")).text
+    for line in text.splitlines():
+        if line.startswith('agentsync_bus_messages_total{direction="in"}'):
+            return float(line.split()[-1])
+    return 0.0
 
 
 def produce(seq: int) -> dict[str, str]:
@@ -60,10 +71,31 @@ async def test_two_nodes_share_producers_and_wake_each_others_readers(
             )
             await asyncio.sleep(0.5)
             assert not waiting.done()
+            heard = await bus_in(http, b.url)
             append = await http.post(url_a, headers=produce(6), content=b"late")
             assert append.status_code == 200
             woke = await asyncio.wait_for(waiting, 3)
             assert (woke.status_code, woke.text) == (200, "late")
+            assert await bus_in(http, b.url) > heard, "node B was not told over the bus"
+
+            # Redis restarts: the nodes resubscribe, and the notices flow again.
+            redis_server.stop()
+            redis_server.start()
+            tail = woke.headers["stream-next-offset"]
+            for attempt in range(20):  # until node A publishes again (it retries)
+                waiting = asyncio.create_task(
+                    http.get(url_b, params={"offset": tail, "live": "long-poll"})
+                )
+                await asyncio.sleep(0.5)
+                heard = await bus_in(http, b.url)
+                append = await http.post(url_a, headers=produce(7 + attempt), content=b"+")
+                assert append.status_code == 200
+                woke = await asyncio.wait_for(waiting, 5)
+                tail = woke.headers["stream-next-offset"]
+                if woke.status_code == 200 and await bus_in(http, b.url) > heard:
+                    break
+            else:
+                raise AssertionError("the bus never woke node B's reader after the restart")
 
             # Closed and deleted on A: B does not serve its cached metadata.
             close = await http.post(url_a, headers={"stream-closed": "true"})

@@ -59,6 +59,10 @@ class Node:
 
     def __post_init__(self) -> None:
         self.streams = StreamManager(self.config, make_stream_store(self.store))
+        relay = self.hub.relay
+        if relay is not None and self.streams.shared:  # writes elsewhere arrive by the bus
+            relay.streams = self.streams
+            self.streams.signals = relay
 
     @classmethod
     def from_config(cls, config: Config) -> Node:

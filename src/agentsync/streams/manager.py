@@ -10,8 +10,14 @@ Theory of operation:
   tail, closure or existence changes. An entry with waiters is never evicted.
 * On a store several nodes share (``store.shared``: PostgreSQL), other nodes' commits reach
   no listener here: every ``get`` re-loads the entry (so a stream closed or deleted
-  elsewhere is never served from the cache), and waiting readers re-load it every
-  ``SHARED_POLL_SECONDS``; each load goes through the ordered queue like any other.
+  elsewhere is never served from the cache), and waiting readers re-load it when told
+  to; each load goes through the ordered queue like any other. With the Redis bus
+  (``signals``: the hub's Relay), a node that writes a stream publishes its new tail on
+  the stream's channel, which a node subscribes to when a reader first waits on the
+  stream (then re-loads once, for what was written before the subscription); a notice
+  that may be missing (the bus reconnected) re-loads every waited-on stream. Without a
+  bus, and as a backstop for lost notices, waiting readers re-load every
+  ``SHARED_POLL_SECONDS`` (``SIGNALLED_POLL_SECONDS`` once subscribed).
 * The sliding TTL is renewed by every read and write (not HEAD). Reads renew it in
   memory (``accessed_ms``), passed to every write job, which decides expiry on the later
   of it and the stored time; the stored time is brought forward by a ``touch`` job at most
@@ -27,7 +33,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from agentsync.config import Config
 from agentsync.protocol import Unavailable, now_ms
@@ -46,6 +52,18 @@ SWEEP_BATCH: Final = 500
 # On a store other nodes write too (``store.shared``), a waiting reader re-loads the stream
 # this often: their commits reach no listener of this node.
 SHARED_POLL_SECONDS: Final = 0.15
+SIGNALLED_POLL_SECONDS: Final = 5.0  # the same, when the bus tells of other nodes' writes
+
+
+class StreamSignals(Protocol):
+    """What the manager needs of the bus (the hub's Relay provides it)."""
+
+    async def subscribe_stream(self, path: str) -> None: ...
+
+    def release_stream(self, path: str) -> None: ...
+
+    def publish_stream(self, path: str, tail: int) -> None:
+        """Tell the other nodes the stream changed (``tail`` -1: it is gone)."""
 
 
 class LiveStream:
@@ -58,6 +76,7 @@ class LiveStream:
         "loading",
         "path",
         "state",
+        "subscribed",
         "touching",
         "waiters",
     )
@@ -71,6 +90,7 @@ class LiveStream:
         self.loading: asyncio.Future[StreamState | None] | None = None
         self.touching = False
         self.last_used = time.monotonic()  # a request may still hold it for a moment
+        self.subscribed = False  # to its bus channel (see StreamSignals)
 
     def signal(self) -> None:
         if not self.changed.done():
@@ -99,6 +119,8 @@ class StreamManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         # Other nodes write the same streams: cached metadata is re-loaded on every use.
         self.shared = bool(getattr(store, "shared", False))
+        self.signals: StreamSignals | None = None  # set when nodes share a bus
+        self._notices: dict[str, int] = {}  # path -> tail, published at the end of the turn
         if store is not None:
             store.observe(self._apply)
 
@@ -233,6 +255,8 @@ class StreamManager:
             del self.entries[path]
             if live.dirty and live.state is not None:
                 self._spawn(self._touch(live, live.state.id))
+            if live.subscribed and self.signals is not None:
+                self.signals.release_stream(path)
 
     # -- writes -------------------------------------------------------------------------
 
@@ -250,17 +274,86 @@ class StreamManager:
         source_hint = 0 if req.fork is None else self._hint(req.fork.source)
         created = await self._require().create(path, req, now, self._hint(path), source_hint)
         self._wrote(path, now)
+        self._notice(path, created.state.tail)
         return created
 
     async def append(self, path: str, req: AppendRequest) -> Appended:
         now = now_ms()
         appended = await self._require().append(path, req, now, self._hint(path))
         self._wrote(path, now)
+        self._notice(path, appended.state.tail)
         return appended
 
     async def delete(self, path: str) -> None:
         """Raises StreamError 404 or 410 (see :meth:`StreamStore.delete`)."""
         await self._require().delete(path, now_ms(), self._hint(path))
+        self._notice(path, -1)
+
+    # -- other nodes (the bus) ----------------------------------------------------------
+
+    def _notice(self, path: str, tail: int) -> None:
+        """Tell other nodes of a write here; one notice per stream and loop turn."""
+        if self.signals is None:
+            return
+        if not self._notices:
+            asyncio.get_running_loop().call_soon(self._publish_notices)
+        self._notices[path] = tail
+
+    def _publish_notices(self) -> None:
+        notices, self._notices = self._notices, {}
+        if self.signals is not None:
+            for path, tail in notices.items():
+                self.signals.publish_stream(path, tail)
+
+    def subscribed(self, path: str) -> bool:
+        live = self.entries.get(path)
+        return live is not None and live.subscribed
+
+    def on_signal(self, path: str, payload: bytes) -> None:
+        """Another node (or this one, echoed) wrote ``path``: waiting readers re-load it."""
+        live = self.entries.get(path)
+        if live is None or not live.waiters:
+            return
+        try:
+            tail = int(payload)
+        except ValueError:
+            tail = -1
+        if not self._knows(live, tail):
+            self._spawn(self._catch_up(live, tail))
+
+    @staticmethod
+    def _knows(live: LiveStream, tail: int) -> bool:
+        state = live.state
+        return state is not None and 0 <= tail <= state.tail  # e.g. our own notice, echoed
+
+    async def _catch_up(self, live: LiveStream, tail: int) -> None:
+        """Re-load until the entry holds ``tail`` (-1: whatever is there now): a load
+        already under way may have read the store before that write."""
+        while (loading := live.loading) is not None and not loading.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(loading)
+        if not self._knows(live, tail):
+            await self._reload(live)
+
+    def resync(self) -> None:
+        """The bus reconnected: notices may be lost, so re-load every waited-on stream."""
+        for live in list(self.entries.values()):
+            if live.waiters:
+                self._spawn(self._reload(live))
+
+    async def _subscribe(self, live: LiveStream) -> None:
+        """Subscribe to the stream's notices before waiting on it; then re-load once, for
+        what was written before the subscription took effect."""
+        if live.subscribed or self.signals is None:
+            return
+        live.subscribed = True
+        try:
+            await self.signals.subscribe_stream(live.path)
+        except Exception as exc:
+            live.subscribed = False
+            log.warning("subscribing to stream %r on the bus failed: %s", live.path, exc)
+            return
+        await self._reload(live)
 
     # -- waiting ------------------------------------------------------------------------
 
@@ -271,6 +364,8 @@ class StreamManager:
         deadline = loop.time() + seconds
         live.waiters += 1
         try:
+            if self.shared:
+                await self._subscribe(live)
             while True:
                 state = live.state
                 if (
@@ -284,7 +379,10 @@ class StreamManager:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return False
-                step = min(remaining, SHARED_POLL_SECONDS) if self.shared else remaining
+                step = remaining
+                if self.shared:
+                    poll = SIGNALLED_POLL_SECONDS if live.subscribed else SHARED_POLL_SECONDS
+                    step = min(remaining, poll)
                 try:
                     await asyncio.wait_for(asyncio.shield(live.changed), step)
                 except TimeoutError:
@@ -326,4 +424,5 @@ class StreamManager:
         for path, stream_id in await store.expired(now, SWEEP_BATCH):
             if await store.delete_expired(path, stream_id, now, self._hint(path)):
                 removed += 1
+                self._notice(path, -1)
         return removed
