@@ -6,14 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from agentsync.streams import forks, rules
 from agentsync.streams.manager import StreamManager
-from agentsync.streams.rules import AppendRequest, CreateRequest, Producer, StreamError, Write
+from agentsync.streams.rules import (
+    AppendRequest,
+    CreateRequest,
+    Producer,
+    Segment,
+    StreamError,
+    Write,
+)
 
 from ._backends import BACKENDS, open_manager
 
@@ -163,10 +170,37 @@ async def test_appends_of_one_turn_each_get_their_own_answer(manager: StreamMana
         return_exceptions=True,
     )
     statuses = [
-        r.status if isinstance(r, StreamError) else type(r.outcome).__name__ for r in results
+        r.status if isinstance(r, StreamError) else type(getattr(r, "outcome", r)).__name__
+        for r in results
     ]
     assert statuses == ["Write", 404, "Write", "Write", "Duplicate", 409, "Write"]
     assert await all_data(manager, "a") == b"12"
     assert await all_data(manager, "b") == b"xy"
     _live, state_a = await manager.current("a")
     assert state_a.closed and state_a.tail == 2
+
+
+async def test_readers_asking_for_the_same_units_at_once_share_one_read(
+    manager: StreamManager,
+) -> None:
+    """Every SSE reader woken by an append asks for just that append: one store read."""
+    await manager.create("s", dataclasses.replace(TEXT, body=b"abc"))
+    _live, state = await manager.current("s")
+    assert manager.store is not None
+    store = manager.store
+    calls = 0
+    read_units = store.read_units
+
+    async def counting(pieces: Sequence[Segment], max_bytes: int) -> list[tuple[int, bytes]]:
+        nonlocal calls
+        calls += 1
+        return await read_units(pieces, max_bytes)
+
+    store.read_units = counting  # type: ignore[method-assign]
+    reads = await asyncio.gather(
+        *(manager.read_units(state, 0, state.tail, 1 << 20) for _ in range(100))
+    )
+    assert calls == 1
+    assert all(units == [(1, b"abc")] for units in reads)
+    assert await manager.read_units(state, 0, state.tail, 1 << 20) == [(1, b"abc")]
+    assert calls == 2  # shared only while in flight, never cached

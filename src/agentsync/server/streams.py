@@ -329,9 +329,7 @@ async def _catch_up(
 ) -> Response:
     units: list[tuple[int, bytes]] = []
     if after < state.tail:
-        assert manager.store is not None
-        pieces = forks.segments(state, after, state.tail)
-        units = await manager.store.read_units(pieces, MAX_READ_BYTES)
+        units = await manager.read_units(state, after, state.tail, MAX_READ_BYTES)
     next_seq = units[-1][0] if units else min(after, state.tail)
     up_to_date = next_seq >= state.tail
     closed = state.closed and up_to_date
@@ -378,8 +376,6 @@ async def _sse(
     content_type = state.content_type
     seq = min(seq, state.tail)
     deadline = time.monotonic() + SSE_MAX_SECONDS
-    store = manager.store
-    assert store is not None
     live.waiters += 1
     try:
         first = True
@@ -389,8 +385,7 @@ async def _sse(
                 return
             units: list[tuple[int, bytes]] = []
             if seq < current.tail:
-                pieces = forks.segments(current, seq, current.tail)
-                units = await store.read_units(pieces, MAX_READ_BYTES)
+                units = await manager.read_units(current, seq, current.tail, MAX_READ_BYTES)
             # A data event and its control go out in one write: a client that stops
             # reading at the first "event: control" it sees (even inside a payload line)
             # still gets the whole pair.

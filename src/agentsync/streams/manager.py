@@ -37,7 +37,7 @@ from typing import Any, Final, Protocol
 
 from agentsync.config import Config
 from agentsync.protocol import Unavailable, now_ms
-from agentsync.streams import rules
+from agentsync.streams import forks, rules
 from agentsync.streams.rules import AppendRequest, CreateRequest, StreamState
 from agentsync.streams.store import Appended, Created, StreamStore
 
@@ -52,6 +52,7 @@ SWEEP_BATCH: Final = 500
 # On a store other nodes write too (``store.shared``), a waiting reader re-loads the stream
 # this often: their commits reach no listener of this node.
 SHARED_POLL_SECONDS: Final = 0.15
+Units = list[tuple[int, bytes]]  # (seq, unit) in seq order
 SIGNALLED_POLL_SECONDS: Final = 5.0  # the same, when the bus tells of other nodes' writes
 
 
@@ -121,6 +122,7 @@ class StreamManager:
         self.shared = bool(getattr(store, "shared", False))
         self.signals: StreamSignals | None = None  # set when nodes share a bus
         self._notices: dict[str, int] = {}  # path -> tail, published at the end of the turn
+        self._reads: dict[tuple[int, int, int, int], asyncio.Future[Units]] = {}
         if store is not None:
             store.observe(self._apply)
 
@@ -354,6 +356,26 @@ class StreamManager:
             log.warning("subscribing to stream %r on the bus failed: %s", live.path, exc)
             return
         await self._reload(live)
+
+    # -- reads --------------------------------------------------------------------------
+
+    async def read_units(self, state: StreamState, after: int, up_to: int, max_bytes: int) -> Units:
+        """The units of ``state`` after ``after`` up to ``up_to`` (at most ``max_bytes``, at
+        least one). Readers asking the same at once (every SSE reader woken by an append
+        asks for just that append) share one read of the store; don't change the list."""
+        key = (state.id, after, up_to, max_bytes)
+        read = self._reads.get(key)
+        if read is None:
+            pieces = forks.segments(state, after, up_to)
+            read = asyncio.ensure_future(self._require().read_units(pieces, max_bytes))
+            self._reads[key] = read
+            read.add_done_callback(lambda done: self._read_done(key, done))
+        return await asyncio.shield(read)
+
+    def _read_done(self, key: tuple[int, int, int, int], done: asyncio.Future[Units]) -> None:
+        self._reads.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # retrieved: every reader may have gone away meanwhile
 
     # -- waiting ------------------------------------------------------------------------
 
