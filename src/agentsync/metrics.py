@@ -68,5 +68,22 @@ class Metrics:
             registry=r,
         )
 
+        # Durable Streams (/v1/stream/)
+        self.stream_appends = Counter(
+            "agentsync_stream_appends",
+            "Durable Streams appends: written, duplicate (an idempotent retry) or refused",
+            ["outcome"],
+            registry=r,
+        )
+        self.stream_reads = Counter(
+            "agentsync_stream_reads",
+            "Durable Streams reads, by mode (catch-up, long-poll, sse)",
+            ["mode"],
+            registry=r,
+        )
+        self.streams_cached = Gauge(
+            "agentsync_streams_cached", "Durable Streams whose metadata is in memory", registry=r
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

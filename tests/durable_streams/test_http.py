@@ -3,6 +3,7 @@ reserved or refused, and what survives a restart."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any
 
@@ -114,3 +115,42 @@ async def test_a_huge_ttl_is_a_clear_400(server_factory: Any) -> None:
     async with httpx.AsyncClient(base_url=srv.url, timeout=10.0) as client:
         res = await client.put("/v1/stream/t", headers={"stream-ttl": "9" * 30})
         assert res.status_code == 400 and "Stream-TTL" in res.json()["error"]["message"]
+
+
+def metric(text: str, name: str) -> float:
+    """A sample's value in Prometheus text (``name`` with its labels, as printed)."""
+    for line in text.splitlines():
+        key, _, value = line.rpartition(" ")
+        if key == name:
+            return float(value)
+    return 0.0
+
+
+async def test_appends_and_reads_are_counted_in_metrics(server_factory: Any) -> None:
+    srv = server_factory()
+    async with httpx.AsyncClient(base_url=srv.url, timeout=10.0) as client:
+        plain = {"content-type": "text/plain"}
+        producer = {**plain, "producer-id": "p", "producer-epoch": "0", "producer-seq": "0"}
+        assert (await client.put("/v1/stream/m", headers=plain)).status_code == 201
+        assert (
+            await client.post("/v1/stream/m", headers=producer, content=b"a")
+        ).status_code == 200
+        assert (
+            await client.post("/v1/stream/m", headers=producer, content=b"a")
+        ).status_code == 204
+        assert (
+            await client.post("/v1/stream/nope", headers=plain, content=b"a")
+        ).status_code == 404
+        assert (await client.get("/v1/stream/m", params={"offset": "-1"})).status_code == 200
+        tail = {"offset": "now", "live": "long-poll"}
+        poll = asyncio.create_task(client.get("/v1/stream/m", params=tail))
+        await asyncio.sleep(0.3)
+        assert (await client.post("/v1/stream/m", headers=plain, content=b"b")).status_code == 204
+        assert (await poll).status_code in (200, 204)
+        text = (await client.get("/metrics")).text
+    assert metric(text, 'agentsync_stream_appends_total{outcome="written"}') == 2
+    assert metric(text, 'agentsync_stream_appends_total{outcome="duplicate"}') == 1
+    assert metric(text, 'agentsync_stream_appends_total{outcome="refused"}') == 1
+    assert metric(text, 'agentsync_stream_reads_total{mode="catch-up"}') == 1
+    assert metric(text, 'agentsync_stream_reads_total{mode="long-poll"}') == 1
+    assert metric(text, "agentsync_streams_cached") >= 1

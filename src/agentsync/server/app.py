@@ -58,7 +58,7 @@ class Node:
     streams: StreamManager = field(init=False)  # Durable Streams at /v1/stream/
 
     def __post_init__(self) -> None:
-        self.streams = StreamManager(self.config, make_stream_store(self.store))
+        self.streams = StreamManager(self.config, make_stream_store(self.store), self.metrics)
         relay = self.hub.relay
         if relay is not None and self.streams.shared:  # writes elsewhere arrive by the bus
             relay.streams = self.streams

@@ -278,6 +278,7 @@ async def read(request: Request) -> Response:
     if mode in ("long-poll", "sse") and start is None:
         raise rules.bad_request(f"live={mode} needs an offset (-1 for the start, or now)")
     manager.accessed(live)
+    manager.metrics.stream_reads.labels(mode if mode in ("long-poll", "sse") else "catch-up").inc()
     if mode == "sse":
         assert start is not None
         return sse_response(manager, live, state, state.tail if start == NOW else start, cursor)
@@ -377,6 +378,8 @@ async def _sse(
     seq = min(seq, state.tail)
     deadline = time.monotonic() + SSE_MAX_SECONDS
     live.waiters += 1
+    connections = manager.metrics.connections.labels("stream-sse")
+    connections.inc()
     try:
         first = True
         while True:
@@ -417,3 +420,4 @@ async def _sse(
                 yield rules.sse_control(seq, keepalive, up_to_date=True, closed=False)
     finally:
         live.waiters -= 1
+        connections.dec()

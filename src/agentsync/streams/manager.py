@@ -36,9 +36,10 @@ from collections import OrderedDict
 from typing import Any, Final, Protocol
 
 from agentsync.config import Config
+from agentsync.metrics import Metrics
 from agentsync.protocol import Unavailable, now_ms
 from agentsync.streams import forks, rules
-from agentsync.streams.rules import AppendRequest, CreateRequest, StreamState
+from agentsync.streams.rules import AppendRequest, CreateRequest, Duplicate, StreamState, Write
 from agentsync.streams.store import Appended, Created, StreamStore
 
 log = logging.getLogger("agentsync.streams")
@@ -112,10 +113,20 @@ class LiveStream:
 class StreamManager:
     """Owns this node's :class:`LiveStream` entries; the HTTP edge calls into it."""
 
-    def __init__(self, config: Config, store: StreamStore | None) -> None:
+    def __init__(
+        self, config: Config, store: StreamStore | None, metrics: Metrics | None = None
+    ) -> None:
         self.config = config
         self.store = store  # None: this node's store has no streams backend yet
+        self.metrics = metrics or Metrics()
         self.entries: OrderedDict[str, LiveStream] = OrderedDict()  # least recent first
+        self.metrics.streams_cached.set_function(lambda: len(self.entries))
+        appends = self.metrics.stream_appends
+        self._counted = {
+            Write: appends.labels("written"),
+            Duplicate: appends.labels("duplicate"),
+        }
+        self._refused = appends.labels("refused")
         self.closing = False
         self._tasks: set[asyncio.Task[Any]] = set()
         # Other nodes write the same streams: cached metadata is re-loaded on every use.
@@ -281,7 +292,12 @@ class StreamManager:
 
     async def append(self, path: str, req: AppendRequest) -> Appended:
         now = now_ms()
-        appended = await self._require().append(path, req, now, self._hint(path))
+        try:
+            appended = await self._require().append(path, req, now, self._hint(path))
+        except rules.StreamError:
+            self._refused.inc()
+            raise
+        self._counted[type(appended.outcome)].inc()
         self._wrote(path, now)
         self._notice(path, appended.state.tail)
         return appended
