@@ -285,12 +285,15 @@ class PostgresStore:
         deletes: bool = False,
         nbytes: int = 0,
         head: Callable[[T], int | None] | None = None,
+        locks: tuple[str, ...] = (),
     ) -> asyncio.Future[T]:
         """Queue a write for the writer (see ``GroupWriter.call``)."""
         writer = self._writer
         if writer is None:
             raise Unavailable("the PostgreSQL store is closed")
-        return writer.call(run, session_id=session_id, deletes=deletes, nbytes=nbytes, head=head)
+        return writer.call(
+            run, session_id=session_id, deletes=deletes, nbytes=nbytes, head=head, locks=locks
+        )
 
     # -- shares -------------------------------------------------------------------------
 

@@ -164,10 +164,11 @@ class _Call(Generic[T]):
     nbytes: int = 0
     # The session's last seq after this job, from its result (None: unchanged).
     head: Callable[[T], int | None] | None = None
+    locks: tuple[str, ...] = ()  # more keys locked for the transaction (a batch's streams)
 
     @property
     def sessions(self) -> tuple[str, ...]:
-        return () if self.session_id is None else (self.session_id,)
+        return self.locks if self.session_id is None else (self.session_id, *self.locks)
 
 
 _Job: TypeAlias = "_Append | _Call[Any]"
@@ -238,10 +239,11 @@ class GroupWriter:
         deletes: bool = False,
         nbytes: int = 0,
         head: Callable[[T], int | None] | None = None,
+        locks: tuple[str, ...] = (),
     ) -> asyncio.Future[T]:
         """Queue any other write (see :class:`_Call`); resolved with ``run``'s result."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._submit(_Call(run, future, session_id, deletes, nbytes, head))
+        self._submit(_Call(run, future, session_id, deletes, nbytes, head, locks))
         return future
 
     def _submit(self, job: _Job) -> None:

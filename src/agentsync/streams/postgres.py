@@ -21,13 +21,14 @@ from typing import Any, Final
 
 import orjson
 
+from agentsync.protocol import Unavailable
 from agentsync.store.postgres import SCHEMA_LOCK_KEY, PoolConn, PostgresStore
 from agentsync.store.postgres_writer import Conn
 from agentsync.streams import forks, rules
+from agentsync.streams.batch import AppendBatch, AppendItem, Changes, Result
 from agentsync.streams.rules import (
     AppendRequest,
     CreateRequest,
-    Duplicate,
     Fork,
     ForkRequest,
     Producer,
@@ -35,7 +36,6 @@ from agentsync.streams.rules import (
     Segment,
     StreamError,
     StreamState,
-    Write,
 )
 from agentsync.streams.store import Appended, Created, Listener
 
@@ -84,9 +84,6 @@ COLUMNS: Final = (
     " accessed_at, tail, closed, closed_by, stream_seq,"
     " fork_of, fork_path, fork_offset, fork_sub, lineage, refs, deleted"
 )
-
-Changes = dict[str, StreamState | None]
-Result = tuple[Changes, Any]
 
 
 def lock_of(path: str) -> str:
@@ -324,69 +321,42 @@ async def _insert(
     return Created(created, new=True)
 
 
-async def _append(
-    conn: Conn, path: str, req: AppendRequest, now_ms: int, accessed_ms: int
-) -> Result:
-    changes: Changes = {}
-    state = await _current(conn, path, now_ms, accessed_ms, changes)
-    if state is None:
-        return changes, rules.not_found(path)
-    if state.deleted:
-        return changes, rules.gone(path)
-    current: ProducerState | None = None
-    if req.producer is not None:
-        row = await conn.fetchrow(
-            "SELECT epoch, seq FROM stream_producers WHERE stream_id = $1 AND producer = $2",
-            state.id,
-            req.producer.id,
+async def _append_batch(conn: Conn, items: Sequence[AppendItem]) -> AppendBatch:
+    """Appends in order, each decided as if it were its own job, written at the end with
+    one ``executemany`` per table (see :mod:`agentsync.streams.batch`)."""
+    batch = AppendBatch()
+    for path, req, now_ms, accessed_ms in items:
+        changes: Changes = {}
+        if path not in batch.rows:
+            state = await _current(conn, path, now_ms, accessed_ms, changes)
+            batch.rows.update(changes)
+            batch.rows[path] = state
+        key = batch.producer_to_load(path, req)
+        if key is not None:
+            row = await conn.fetchrow(
+                "SELECT epoch, seq FROM stream_producers WHERE stream_id = $1 AND producer = $2",
+                *key,
+            )
+            batch.producers[key] = None if row is None else ProducerState(row[0], row[1])
+        batch.decide(path, req, now_ms, changes)
+    if batch.units:
+        await conn.executemany(
+            "INSERT INTO stream_units (stream_id, seq, data) VALUES ($1, $2, $3)", batch.units
         )
-        current = None if row is None else ProducerState(row[0], row[1])
-    try:
-        outcome = rules.decide_append(state, current, req)
-    except StreamError as refusal:
-        return changes, refusal
-    if isinstance(outcome, Duplicate):
-        await conn.execute(
-            "UPDATE streams SET accessed_at = GREATEST(accessed_at, $1) WHERE id = $2",
-            now_ms,
-            state.id,
+    if batch.final:
+        await conn.executemany(
+            "UPDATE streams SET tail = $1, closed = $2, closed_by = $3, stream_seq = $4,"
+            " accessed_at = $5 WHERE id = $6",
+            batch.stream_rows(),
         )
-        after = rules.appended_state(state, req, None, now_ms)
-    else:
-        after = await _write(conn, state, req, outcome, now_ms)
-    changes[path] = after
-    return changes, Appended(after, outcome)
-
-
-async def _write(
-    conn: Conn, state: StreamState, req: AppendRequest, plan: Write, now_ms: int
-) -> StreamState:
-    after = rules.appended_state(state, req, plan, now_ms)
-    if plan.unit is not None:
-        await _insert_unit(conn, state.id, after.tail, plan.unit)
-    closed_by = after.closed_by
-    await conn.execute(
-        "UPDATE streams SET tail = $1, closed = $2, closed_by = $3, stream_seq = $4,"
-        " accessed_at = $5 WHERE id = $6",
-        after.tail,
-        after.closed,
-        rules.closed_by_json(closed_by),
-        after.stream_seq,
-        after.accessed_at,
-        state.id,
-    )
-    if plan.producer_state is not None and req.producer is not None:
-        await conn.execute(
+    if batch.upserts:
+        await conn.executemany(
             "INSERT INTO stream_producers (stream_id, producer, epoch, seq, updated_at)"
             " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (stream_id, producer) DO UPDATE SET"
             " epoch = excluded.epoch, seq = excluded.seq, updated_at = excluded.updated_at",
-            state.id,
-            req.producer.id,
-            plan.producer_state.epoch,
-            plan.producer_state.seq,
-            now_ms,
+            batch.producer_rows(),
         )
-    return after
+    return batch
 
 
 async def _delete(conn: Conn, path: str, now_ms: int, accessed_ms: int) -> Result:
@@ -440,11 +410,13 @@ class PostgresStreamStore:
     def __init__(self, store: PostgresStore) -> None:
         self.store = store
         self._listener: Listener | None = None
+        self._appends: list[tuple[AppendItem, asyncio.Future[Result]]] = []
 
     def observe(self, listener: Listener) -> None:
         self._listener = listener
 
     async def _job(self, run: Callable[[Conn], Awaitable[Result]], path: str | None) -> Any:
+        self._flush_appends()  # appends asked for earlier are written first
         future = self.store._call(run, session_id=None if path is None else lock_of(path))
         # Registered before anyone awaits the future, so it runs first, in commit order.
         future.add_done_callback(self._committed)
@@ -455,9 +427,14 @@ class PostgresStreamStore:
         return answer
 
     def _committed(self, done: asyncio.Future[Result]) -> None:
-        if done.cancelled() or done.exception() is not None or self._listener is None:
+        if done.cancelled() or done.exception() is not None:
             return
-        for path, state in done.result()[0].items():
+        self._committed_result(done.result())
+
+    def _committed_result(self, result: Result) -> None:
+        if self._listener is None:
+            return
+        for path, state in result[0].items():
             self._listener(path, state)
 
     async def open(self) -> None:
@@ -492,10 +469,45 @@ class PostgresStreamStore:
     async def append(
         self, path: str, req: AppendRequest, now_ms: int, accessed_ms: int
     ) -> Appended:
-        result: Appended = await self._job(
-            lambda conn: _append(conn, path, req, now_ms, accessed_ms), path
-        )
+        """Appends made in one turn of the event loop go to the writer as one job, holding
+        the locks of all their streams (see _append_batch); each gets its own answer."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Result] = loop.create_future()
+        if not self._appends:
+            loop.call_soon(self._flush_appends)
+        self._appends.append(((path, req, now_ms, accessed_ms), future))
+        _changes, answer = await future
+        if isinstance(answer, StreamError):
+            raise answer
+        result: Appended = answer
         return result
+
+    def _flush_appends(self) -> None:
+        batch, self._appends = self._appends, []
+        if not batch:
+            return
+        items = [item for item, _ in batch]
+        futures = [future for _, future in batch]
+
+        async def run(conn: Conn) -> list[Result]:
+            return (await _append_batch(conn, items)).results
+
+        def answer(done: asyncio.Future[list[Result]]) -> None:
+            if done.cancelled() or done.exception() is not None:
+                _fail(futures, done.exception() if not done.cancelled() else None)
+                return
+            for result, future in zip(done.result(), futures, strict=True):
+                self._committed_result(result)  # heard even if its caller has gone away
+                if not future.done():
+                    future.set_result(result)
+
+        locks = tuple(sorted({lock_of(path) for path, *_ in items}))
+        try:
+            done = self.store._call(run, locks=locks)
+        except Exception as exc:  # the store is closed
+            _fail(futures, exc)
+            return
+        done.add_done_callback(answer)
 
     async def delete(self, path: str, now_ms: int, accessed_ms: int) -> None:
         await self._job(lambda conn: _delete(conn, path, now_ms, accessed_ms), path)
@@ -551,3 +563,11 @@ class PostgresStreamStore:
             return [(row[0], row[1]) for row in rows]
 
         return await self.store._read(run)
+
+
+def _fail(futures: list[asyncio.Future[Result]], exc: BaseException | None) -> None:
+    """A batch that did not commit: every append in it fails with the reason."""
+    reason = exc if exc is not None else Unavailable("the write was cancelled")
+    for future in futures:
+        if not future.done():
+            future.set_exception(reason)

@@ -23,10 +23,10 @@ import orjson
 
 from agentsync.store.sqlite import SQLiteStore
 from agentsync.streams import forks, rules
+from agentsync.streams.batch import AppendBatch, AppendItem, Changes, Result
 from agentsync.streams.rules import (
     AppendRequest,
     CreateRequest,
-    Duplicate,
     Fork,
     ForkRequest,
     Producer,
@@ -86,11 +86,6 @@ COLUMNS: Final = (
     " accessed_at, tail, closed, closed_by, stream_seq,"
     " fork_of, fork_path, fork_offset, fork_sub, lineage, refs, deleted"
 )
-
-# What a job changed (path -> state after it, None: removed) for the listener, and the
-# answer for its caller.
-Changes = dict[str, StreamState | None]
-Result = tuple[Changes, Any]
 
 
 def _state(row: tuple[Any, ...] | None) -> StreamState | None:
@@ -340,87 +335,42 @@ def _insert(
     return Created(created, new=True)
 
 
-AppendItem = tuple[str, AppendRequest, int, int]  # path, request, now_ms, accessed_ms
-
-
 def _append_batch(
     conn: sqlite3.Connection, items: Sequence[AppendItem], known: Mapping[str, StreamState]
-) -> tuple[list[Result], Changes]:
-    """Appends in order, each decided as if it were its own job, with the rows written
-    once at the end: units in one ``executemany``, each stream's row once however many
-    appends it took. Returns every item's result, and the rows as the batch left them.
-    ``known``: rows as earlier appends left them (see SQLiteStreamStore._known_rows)."""
-    rows: dict[str, StreamState | None] = {}
-    producers: dict[tuple[int, str], ProducerState | None] = {}
-    units: list[tuple[int, int, bytes]] = []
-    final: dict[int, StreamState] = {}  # stream id -> its row to write
-    upserts: dict[tuple[int, str], tuple[ProducerState, int]] = {}
-    results: list[Result] = []
+) -> AppendBatch:
+    """Appends in order, each decided as if it were its own job, written at the end (see
+    :mod:`agentsync.streams.batch`). ``known``: rows as earlier appends left them (see
+    SQLiteStreamStore._known_rows)."""
+    batch = AppendBatch()
     for path, req, now_ms, accessed_ms in items:
         changes: Changes = {}
-        if path in rows:
-            state = rows[path]
-        else:
+        if path not in batch.rows:
             state = _current(conn, path, now_ms, accessed_ms, changes, known.get(path))
-            rows.update(changes)
-            rows[path] = state
-        if state is None:
-            results.append((changes, rules.not_found(path)))
-            continue
-        if state.deleted:
-            results.append((changes, rules.gone(path)))
-            continue
-        current: ProducerState | None = None
-        if req.producer is not None:
-            key = (state.id, req.producer.id)
-            if key not in producers:
-                row = conn.execute(
-                    "SELECT epoch, seq FROM stream_producers WHERE stream_id = ? AND producer = ?",
-                    key,
-                ).fetchone()
-                producers[key] = None if row is None else ProducerState(row[0], row[1])
-            current = producers[key]
-        try:
-            outcome = rules.decide_append(state, current, req)
-        except StreamError as refusal:
-            results.append((changes, refusal))
-            continue
-        if isinstance(outcome, Duplicate):
-            after = rules.appended_state(state, req, None, now_ms)
-        else:
-            after = rules.appended_state(state, req, outcome, now_ms)
-            if outcome.unit is not None:
-                units.append((state.id, after.tail, outcome.unit))
-            if outcome.producer_state is not None and req.producer is not None:
-                key = (state.id, req.producer.id)
-                producers[key] = outcome.producer_state
-                upserts[key] = (outcome.producer_state, now_ms)
-        final[state.id] = after
-        rows[path] = changes[path] = after
-        results.append((changes, Appended(after, outcome)))
-    conn.executemany("INSERT INTO stream_units (stream_id, seq, data) VALUES (?, ?, ?)", units)
+            batch.rows.update(changes)
+            batch.rows[path] = state
+        key = batch.producer_to_load(path, req)
+        if key is not None:
+            row = conn.execute(
+                "SELECT epoch, seq FROM stream_producers WHERE stream_id = ? AND producer = ?",
+                key,
+            ).fetchone()
+            batch.producers[key] = None if row is None else ProducerState(row[0], row[1])
+        batch.decide(path, req, now_ms, changes)
+    conn.executemany(
+        "INSERT INTO stream_units (stream_id, seq, data) VALUES (?, ?, ?)", batch.units
+    )
     conn.executemany(
         "UPDATE streams SET tail = ?, closed = ?, closed_by = ?, stream_seq = ?,"
         " accessed_at = ? WHERE id = ?",
-        [
-            (
-                row.tail,
-                int(row.closed),
-                rules.closed_by_json(row.closed_by),
-                row.stream_seq,
-                row.accessed_at,
-                stream_id,
-            )
-            for stream_id, row in final.items()
-        ],
+        batch.stream_rows(),
     )
     conn.executemany(
         "INSERT INTO stream_producers (stream_id, producer, epoch, seq, updated_at)"
         " VALUES (?, ?, ?, ?, ?) ON CONFLICT (stream_id, producer) DO UPDATE SET"
         " epoch = excluded.epoch, seq = excluded.seq, updated_at = excluded.updated_at",
-        [(sid, pid, ps.epoch, ps.seq, now) for (sid, pid), (ps, now) in upserts.items()],
+        batch.producer_rows(),
     )
-    return results, rows
+    return batch
 
 
 def _delete(conn: sqlite3.Connection, path: str, now_ms: int, accessed_ms: int) -> Result:
@@ -580,12 +530,13 @@ class SQLiteStreamStore:
 
         def run(conn: sqlite3.Connection) -> Result:
             rows = self._known_rows()
-            results, final = _append_batch(conn, items, rows)
-            for path, state in final.items():
+            batch = _append_batch(conn, items, rows)
+            for path, state in batch.rows.items():
                 if state is None:
                     rows.pop(path, None)
                 else:
                     rows[path] = state
+            results = batch.results
             return {p: s for changes, _ in results for p, s in changes.items()}, results
 
         def committed(result: Result) -> None:

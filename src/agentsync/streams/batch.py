@@ -1,0 +1,96 @@
+"""Appends decided one by one and written together: the bookkeeping both stores share.
+
+A store's append job takes every append a node received in one turn of its event loop.
+For each, in order, the store loads what the decision needs (the stream's row the first
+time the batch meets the path, a producer's state the first time it meets the producer)
+and calls :meth:`AppendBatch.decide`, which asks :mod:`rules` exactly as a job of its own
+would and records the outcome against the rows *as the earlier appends of the batch left
+them*. Then the store writes it all at once: the new units, each touched stream's row
+once, each producer once. No I/O here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentsync.streams import rules
+from agentsync.streams.rules import (
+    AppendRequest,
+    Duplicate,
+    ProducerState,
+    StreamError,
+    StreamState,
+)
+from agentsync.streams.store import Appended
+
+Changes = dict[str, StreamState | None]  # path -> state after a job (None: removed)
+Result = tuple[Changes, Any]  # what a job changed, and its caller's answer
+AppendItem = tuple[str, AppendRequest, int, int]  # path, request, now_ms, accessed_ms
+ProducerKey = tuple[int, str]  # stream id, producer id
+
+
+@dataclass(slots=True)
+class AppendBatch:
+    rows: dict[str, StreamState | None] = field(default_factory=dict)  # as left so far
+    producers: dict[ProducerKey, ProducerState | None] = field(default_factory=dict)
+    units: list[tuple[int, int, bytes]] = field(default_factory=list)  # id, seq, unit
+    final: dict[int, StreamState] = field(default_factory=dict)  # stream id -> row to write
+    upserts: dict[ProducerKey, tuple[ProducerState, int]] = field(default_factory=dict)
+    results: list[Result] = field(default_factory=list)  # one per decided append
+
+    def producer_to_load(self, path: str, req: AppendRequest) -> ProducerKey | None:
+        """The producer state :meth:`decide` will need and the batch lacks."""
+        state = self.rows.get(path)
+        if req.producer is None or state is None or state.deleted:
+            return None
+        key = (state.id, req.producer.id)
+        return None if key in self.producers else key
+
+    def decide(self, path: str, req: AppendRequest, now_ms: int, changes: Changes) -> None:
+        """Decide one append on ``rows[path]`` (loaded by the store) and record it;
+        ``changes``: what loading the row changed (an expired stream retired)."""
+        state = self.rows[path]
+        if state is None:
+            self.results.append((changes, rules.not_found(path)))
+            return
+        if state.deleted:
+            self.results.append((changes, rules.gone(path)))
+            return
+        key = None if req.producer is None else (state.id, req.producer.id)
+        current = None if key is None else self.producers[key]
+        try:
+            outcome = rules.decide_append(state, current, req)
+        except StreamError as refusal:
+            self.results.append((changes, refusal))
+            return
+        if isinstance(outcome, Duplicate):
+            after = rules.appended_state(state, req, None, now_ms)
+        else:
+            after = rules.appended_state(state, req, outcome, now_ms)
+            if outcome.unit is not None:
+                self.units.append((state.id, after.tail, outcome.unit))
+            if outcome.producer_state is not None and key is not None:
+                self.producers[key] = outcome.producer_state
+                self.upserts[key] = (outcome.producer_state, now_ms)
+        self.final[state.id] = after
+        self.rows[path] = changes[path] = after
+        self.results.append((changes, Appended(after, outcome)))
+
+    def stream_rows(self) -> list[tuple[Any, ...]]:
+        """(tail, closed, closed_by, stream_seq, accessed_at, id) of every touched stream."""
+        return [
+            (
+                row.tail,
+                row.closed,
+                rules.closed_by_json(row.closed_by),
+                row.stream_seq,
+                row.accessed_at,
+                stream_id,
+            )
+            for stream_id, row in self.final.items()
+        ]
+
+    def producer_rows(self) -> list[tuple[int, str, int, int, int]]:
+        """(stream id, producer, epoch, seq, updated_at) of every producer that moved."""
+        return [(sid, pid, ps.epoch, ps.seq, now) for (sid, pid), (ps, now) in self.upserts.items()]
