@@ -204,3 +204,34 @@ async def test_readers_asking_for_the_same_units_at_once_share_one_read(
     assert all(units == [(1, b"abc")] for units in reads)
     assert await manager.read_units(state, 0, state.tail, 1 << 20) == [(1, b"abc")]
     assert calls == 2  # shared only while in flight, never cached
+
+
+async def test_a_chain_of_forks_ends_at_the_lineage_limit(manager: StreamManager) -> None:
+    """Each fork reads through every stream above it: the chain is refused past 64."""
+    await manager.create("f0", dataclasses.replace(TEXT, body=b"0"))
+    depth = 0
+    while True:
+        fork = rules.ForkRequest(f"f{depth}", None, 0)
+        try:
+            await manager.create(f"f{depth + 1}", dataclasses.replace(TEXT, fork=fork))
+        except StreamError as refused:
+            assert (refused.status, refused.code) == (400, "fork_too_deep")
+            break
+        depth += 1
+        await manager.append(
+            f"f{depth}", AppendRequest(b"%d" % depth, "text/plain", None, None, False)
+        )
+        assert depth <= forks.MAX_LINEAGE, "no limit"
+    assert depth == forks.MAX_LINEAGE
+    assert await all_data(manager, f"f{depth}") == b"".join(b"%d" % i for i in range(depth + 1))
+    with pytest.raises(StreamError):
+        await manager.current(f"f{depth + 1}")
+
+
+async def test_lookups_of_missing_paths_are_not_cached(manager: StreamManager) -> None:
+    for i in range(200):
+        with pytest.raises(StreamError):
+            await manager.current(f"missing/{i}")
+    assert not any(path.startswith("missing/") for path in manager.entries)
+    await manager.create("missing/7", TEXT)  # and a later create is seen at once
+    assert (await manager.current("missing/7"))[1].tail == 0

@@ -35,6 +35,9 @@ from agentsync.streams.rules import (
 _SUB_OFFSET: Final = re.compile(r"0|[1-9][0-9]*")
 _FORK_OFFSET: Final = re.compile(r"([0-9]+)_([0-9]+)")
 BEYOND: Final = 2**63 - 1  # an offset no stream reaches (400 once compared with the tail)
+# A read walks one piece per stream of the lineage, and every fork stores its lineage:
+# without a bound, a chain of forks makes reads (and the rows) grow without end.
+MAX_LINEAGE: Final = 64
 
 
 def parse_fork(
@@ -117,7 +120,14 @@ def lineage(source: StreamState, offset: int) -> tuple[Segment, ...]:
     pieces = [] if source.fork is None else list(source.fork.inherited)
     pieces.append(Segment(source.id, own_start(source), source.tail))
     capped = (Segment(p.stream_id, p.after, min(p.up_to, offset)) for p in pieces)
-    return tuple(p for p in capped if p.up_to > p.after)
+    inherited = tuple(p for p in capped if p.up_to > p.after)
+    if len(inherited) > MAX_LINEAGE:
+        raise bad_request(
+            f"a fork may read through at most {MAX_LINEAGE} streams and this one would "
+            f"read through {len(inherited)}; fork a stream nearer the root, or copy this one",
+            code="fork_too_deep",
+        )
+    return inherited
 
 
 def segments(state: StreamState, after: int, up_to: int) -> list[Segment]:

@@ -231,6 +231,10 @@ class StreamManager:
                 await store.delete_expired(path, state.id, now, live.accessed_ms)
                 state = live.state  # retired (removed or soft-deleted), or alive after all
         if state is None:
+            # Not kept: lookups of paths that do not exist (a scan, a typo in a loop)
+            # would otherwise fill the cache, whose entries are evicted only when idle.
+            if self.entries.get(path) is live and not live.waiters and live.loading is None:
+                del self.entries[path]
             raise rules.not_found(path)
         if state.deleted:
             raise rules.gone(path)
