@@ -6,14 +6,18 @@ time the batch meets the path, a producer's state the first time it meets the pr
 and calls :meth:`AppendBatch.decide`, which asks :mod:`rules` exactly as a job of its own
 would and records the outcome against the rows *as the earlier appends of the batch left
 them*. Then the store writes it all at once: the new units, each touched stream's row
-once, each producer once. No I/O here.
+once, each producer once. :class:`AppendQueue` gathers the appends of a loop turn and hands
+them to the store's writer. No I/O here.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentsync.protocol import Unavailable
 from agentsync.streams import rules
 from agentsync.streams.rules import (
     AppendRequest,
@@ -94,3 +98,65 @@ class AppendBatch:
     def producer_rows(self) -> list[tuple[int, str, int, int, int]]:
         """(stream id, producer, epoch, seq, updated_at) of every producer that moved."""
         return [(sid, pid, ps.epoch, ps.seq, now) for (sid, pid), (ps, now) in self.upserts.items()]
+
+
+Futures = list["asyncio.Future[Result]"]
+
+
+class AppendQueue:
+    """The appends asked for during one turn of the event loop, handed to ``submit``
+    together at its end (or at ``flush``, when another job must queue behind them)."""
+
+    def __init__(self, submit: Callable[[list[AppendItem], Futures], None]) -> None:
+        self._submit = submit
+        self._waiting: list[tuple[AppendItem, asyncio.Future[Result]]] = []
+
+    async def append(self, item: AppendItem) -> Appended:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Result] = loop.create_future()
+        if not self._waiting:
+            loop.call_soon(self.flush)
+        self._waiting.append((item, future))
+        _changes, answer = await future
+        if isinstance(answer, StreamError):
+            raise answer
+        appended: Appended = answer
+        return appended
+
+    def flush(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        if not waiting:
+            return
+        futures = [future for _, future in waiting]
+        try:
+            self._submit([item for item, _ in waiting], futures)
+        except Exception as exc:  # the store is closed
+            _fail(futures, exc)
+
+
+def answer_all(futures: Futures, results: list[Result], heard: Callable[[Result], None]) -> None:
+    """The batch committed: ``heard`` (the store's listener) gets every append in order,
+    also one whose caller has gone away, and then each caller its answer."""
+    for result, future in zip(results, futures, strict=True):
+        heard(result)
+        if not future.done():
+            future.set_result(result)
+
+
+def fail_unless_committed(futures: Futures) -> Callable[[asyncio.Future[Any]], None]:
+    """A done-callback for the batch's job: if it did not commit, every append in it fails
+    with the reason."""
+
+    def check(done: asyncio.Future[Any]) -> None:
+        if done.cancelled():
+            _fail(futures, Unavailable("the write was cancelled"))
+        elif (exc := done.exception()) is not None:
+            _fail(futures, exc)
+
+    return check
+
+
+def _fail(futures: Futures, exc: BaseException) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(exc)

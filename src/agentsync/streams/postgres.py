@@ -21,11 +21,19 @@ from typing import Any, Final
 
 import orjson
 
-from agentsync.protocol import Unavailable
 from agentsync.store.postgres import SCHEMA_LOCK_KEY, PoolConn, PostgresStore
 from agentsync.store.postgres_writer import Conn
 from agentsync.streams import forks, rules
-from agentsync.streams.batch import AppendBatch, AppendItem, Changes, Result
+from agentsync.streams.batch import (
+    AppendBatch,
+    AppendItem,
+    AppendQueue,
+    Changes,
+    Futures,
+    Result,
+    answer_all,
+    fail_unless_committed,
+)
 from agentsync.streams.rules import (
     AppendRequest,
     CreateRequest,
@@ -410,13 +418,13 @@ class PostgresStreamStore:
     def __init__(self, store: PostgresStore) -> None:
         self.store = store
         self._listener: Listener | None = None
-        self._appends: list[tuple[AppendItem, asyncio.Future[Result]]] = []
+        self._appends = AppendQueue(self._write_appends)
 
     def observe(self, listener: Listener) -> None:
         self._listener = listener
 
     async def _job(self, run: Callable[[Conn], Awaitable[Result]], path: str | None) -> Any:
-        self._flush_appends()  # appends asked for earlier are written first
+        self._appends.flush()  # appends asked for earlier are written first
         future = self.store._call(run, session_id=None if path is None else lock_of(path))
         # Registered before anyone awaits the future, so it runs first, in commit order.
         future.add_done_callback(self._committed)
@@ -471,43 +479,20 @@ class PostgresStreamStore:
     ) -> Appended:
         """Appends made in one turn of the event loop go to the writer as one job, holding
         the locks of all their streams (see _append_batch); each gets its own answer."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Result] = loop.create_future()
-        if not self._appends:
-            loop.call_soon(self._flush_appends)
-        self._appends.append(((path, req, now_ms, accessed_ms), future))
-        _changes, answer = await future
-        if isinstance(answer, StreamError):
-            raise answer
-        result: Appended = answer
-        return result
+        return await self._appends.append((path, req, now_ms, accessed_ms))
 
-    def _flush_appends(self) -> None:
-        batch, self._appends = self._appends, []
-        if not batch:
-            return
-        items = [item for item, _ in batch]
-        futures = [future for _, future in batch]
-
+    def _write_appends(self, items: list[AppendItem], futures: Futures) -> None:
         async def run(conn: Conn) -> list[Result]:
             return (await _append_batch(conn, items)).results
 
-        def answer(done: asyncio.Future[list[Result]]) -> None:
-            if done.cancelled() or done.exception() is not None:
-                _fail(futures, done.exception() if not done.cancelled() else None)
-                return
-            for result, future in zip(done.result(), futures, strict=True):
-                self._committed_result(result)  # heard even if its caller has gone away
-                if not future.done():
-                    future.set_result(result)
+        def committed(done: asyncio.Future[list[Result]]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                answer_all(futures, done.result(), self._committed_result)
 
         locks = tuple(sorted({lock_of(path) for path, *_ in items}))
-        try:
-            done = self.store._call(run, locks=locks)
-        except Exception as exc:  # the store is closed
-            _fail(futures, exc)
-            return
-        done.add_done_callback(answer)
+        done = self.store._call(run, locks=locks)
+        done.add_done_callback(committed)  # first: the listener hears in commit order
+        done.add_done_callback(fail_unless_committed(futures))
 
     async def delete(self, path: str, now_ms: int, accessed_ms: int) -> None:
         await self._job(lambda conn: _delete(conn, path, now_ms, accessed_ms), path)
@@ -563,11 +548,3 @@ class PostgresStreamStore:
             return [(row[0], row[1]) for row in rows]
 
         return await self.store._read(run)
-
-
-def _fail(futures: list[asyncio.Future[Result]], exc: BaseException | None) -> None:
-    """A batch that did not commit: every append in it fails with the reason."""
-    reason = exc if exc is not None else Unavailable("the write was cancelled")
-    for future in futures:
-        if not future.done():
-            future.set_exception(reason)

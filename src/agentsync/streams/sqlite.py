@@ -13,7 +13,6 @@ with the release of its source's reference and the cascade that follows, or none
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
@@ -23,7 +22,16 @@ import orjson
 
 from agentsync.store.sqlite import SQLiteStore
 from agentsync.streams import forks, rules
-from agentsync.streams.batch import AppendBatch, AppendItem, Changes, Result
+from agentsync.streams.batch import (
+    AppendBatch,
+    AppendItem,
+    AppendQueue,
+    Changes,
+    Futures,
+    Result,
+    answer_all,
+    fail_unless_committed,
+)
 from agentsync.streams.rules import (
     AppendRequest,
     CreateRequest,
@@ -417,7 +425,7 @@ class SQLiteStreamStore:
         # trusted while the writer's generation holds; any other job empties it.
         self._rows: dict[str, StreamState] = {}
         self._rows_generation = -1
-        self._appends: list[tuple[AppendItem, asyncio.Future[Result]]] = []
+        self._appends = AppendQueue(self._write_appends)
 
     def observe(self, listener: Listener) -> None:
         self._listener = listener
@@ -426,7 +434,7 @@ class SQLiteStreamStore:
         return await self._submit(self._truncating(self._forgetting(run)))
 
     async def _submit(self, run: Callable[[sqlite3.Connection], Result]) -> Any:
-        self._flush_appends()  # appends asked for earlier are written first
+        self._appends.flush()  # appends asked for earlier are written first
         # The listener hears of the commit (in commit order) even if this caller goes
         # away meanwhile: the write happens regardless.
         _changes, answer = await self.store._write(run, self._committed)
@@ -510,24 +518,9 @@ class SQLiteStreamStore:
     ) -> Appended:
         """Appends made in one turn of the event loop go to the writer as one job (see
         _append_batch); each still gets its own answer, in order."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Result] = loop.create_future()
-        if not self._appends:
-            loop.call_soon(self._flush_appends)
-        self._appends.append(((path, req, now_ms, accessed_ms), future))
-        _changes, answer = await future
-        if isinstance(answer, StreamError):
-            raise answer
-        result: Appended = answer
-        return result
+        return await self._appends.append((path, req, now_ms, accessed_ms))
 
-    def _flush_appends(self) -> None:
-        batch, self._appends = self._appends, []
-        if not batch:
-            return
-        items = [item for item, _ in batch]
-        futures = [future for _, future in batch]
-
+    def _write_appends(self, items: list[AppendItem], futures: Futures) -> None:
         def run(conn: sqlite3.Connection) -> Result:
             rows = self._known_rows()
             batch = _append_batch(conn, items, rows)
@@ -540,17 +533,10 @@ class SQLiteStreamStore:
             return {p: s for changes, _ in results for p, s in changes.items()}, results
 
         def committed(result: Result) -> None:
-            for answer, future in zip(result[1], futures, strict=True):
-                self._committed(answer)  # heard even if its caller has gone away
-                if not future.done():
-                    future.set_result(answer)
+            answer_all(futures, result[1], self._committed)
 
-        try:
-            done = self.store._write(self._truncating(run), committed)
-        except Exception as exc:  # the store is closed
-            _fail(futures, exc)
-            return
-        done.add_done_callback(lambda d: _fail(futures, d.exception()))
+        done = self.store._write(self._truncating(run), committed)
+        done.add_done_callback(fail_unless_committed(futures))
 
     async def delete(self, path: str, now_ms: int, accessed_ms: int) -> None:
         await self._job(lambda conn: _delete(conn, path, now_ms, accessed_ms))
@@ -597,12 +583,3 @@ class SQLiteStreamStore:
             return [(row[0], row[1]) for row in rows]
 
         return await self.store._read(run)
-
-
-def _fail(futures: list[asyncio.Future[Result]], exc: BaseException | None) -> None:
-    """A batch that did not commit: every append in it fails with the reason."""
-    if exc is None:
-        return
-    for future in futures:
-        if not future.done():
-            future.set_exception(exc)
