@@ -154,3 +154,34 @@ async def test_appends_and_reads_are_counted_in_metrics(server_factory: Any) -> 
     assert metric(text, 'agentsync_stream_reads_total{mode="catch-up"}') == 1
     assert metric(text, 'agentsync_stream_reads_total{mode="long-poll"}') == 1
     assert metric(text, "agentsync_streams_cached") >= 1
+
+
+async def test_sse_keeps_a_character_split_across_two_appends_whole(server_factory: Any) -> None:
+    """Text streams are sent as text over SSE: an append that ends inside a UTF-8 character
+    and the append that completes it arrive in different data events, and still read
+    'café!' rather than two replacement characters."""
+    srv = server_factory()
+    plain = {"content-type": "text/plain"}
+    async with httpx.AsyncClient(base_url=srv.url, timeout=10.0) as client:
+        assert (await client.put("/v1/stream/t", headers=plain)).status_code == 201
+        params = {"offset": "-1", "live": "sse"}
+        text = ""
+        async with client.stream("GET", "/v1/stream/t", params=params) as sse:
+            lines = sse.aiter_lines()
+            assert (await client.post("/v1/stream/t", headers=plain, content=b"caf\xc3")).is_success
+            event = ""
+            async for line in lines:
+                if line.startswith("event:"):
+                    event = line.split(":", 1)[1].strip()
+                elif line.startswith("data:") and event == "data":
+                    text += line[5:]
+                elif line.startswith("data:") and '"upToDate":true' in line and text == "caf":
+                    break
+            assert (await client.post("/v1/stream/t", headers=plain, content=b"\xa9!")).is_success
+            async for line in lines:
+                if line.startswith("event:"):
+                    event = line.split(":", 1)[1].strip()
+                elif line.startswith("data:") and event == "data":
+                    text += line[5:]
+                    break
+    assert text == "café!"

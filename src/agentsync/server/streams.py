@@ -375,6 +375,7 @@ async def _sse(
     """Data events, each followed by a control event; ends when the stream is closed and
     read to its end, deleted, after :data:`SSE_MAX_SECONDS`, or at shutdown."""
     content_type = state.content_type
+    text = None if state.is_json or rules.sse_uses_base64(content_type) else rules.text_decoder()
     seq = min(seq, state.tail)
     deadline = time.monotonic() + SSE_MAX_SECONDS
     live.waiters += 1
@@ -395,7 +396,7 @@ async def _sse(
             chunk = b""
             if units:
                 seq = units[-1][0]
-                chunk = rules.sse_data(content_type, [u for _, u in units])
+                chunk = rules.sse_data(content_type, [u for _, u in units], text)
             at_tail = seq >= current.tail
             ended = current.closed and at_tail
             if units or first or ended:

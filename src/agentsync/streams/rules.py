@@ -21,6 +21,7 @@ and PROTOCOL.md of github.com/durable-streams/durable-streams.
 from __future__ import annotations
 
 import base64
+import codecs
 import random
 import re
 from dataclasses import dataclass
@@ -590,14 +591,24 @@ def sse_event(kind: str, payload: str) -> bytes:
     return (f"event: {kind}\n" + "".join(f"data:{line}\n" for line in lines) + "\n").encode()
 
 
-def sse_data(content_type: str, units: list[bytes]) -> bytes:
-    """The ``data`` event for a batch of units: one JSON array, base64 or text."""
+def sse_data(
+    content_type: str, units: list[bytes], text: codecs.IncrementalDecoder | None = None
+) -> bytes:
+    """The ``data`` event for a batch of units: one JSON array, base64 or text. ``text``:
+    the connection's UTF-8 decoder, which holds a character split across two appends
+    until its last bytes arrive (the next batch), rather than mangling both halves."""
     if is_json(content_type):
         return sse_event("data", json_body(units).decode())
     raw = b"".join(units)
     if sse_uses_base64(content_type):
         return sse_event("data", base64.b64encode(raw).decode("ascii"))
+    if text is not None:
+        return sse_event("data", text.decode(raw))
     return sse_event("data", raw.decode("utf-8", "replace"))
+
+
+def text_decoder() -> codecs.IncrementalDecoder:
+    return codecs.getincrementaldecoder("utf-8")("replace")
 
 
 def sse_control(next_seq: int, cursor: str, *, up_to_date: bool, closed: bool) -> bytes:
