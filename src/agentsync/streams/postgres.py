@@ -178,11 +178,16 @@ async def _retire(conn: Conn, state: StreamState) -> Changes:
 
 
 async def _current(
-    conn: Conn, path: str, now_ms: int, accessed_ms: int, changes: Changes
+    conn: Conn,
+    path: str,
+    now_ms: int,
+    accessed_ms: int,
+    changes: Changes,
+    known: StreamState | None = None,
 ) -> StreamState | None:
     """The stream at ``path`` (maybe soft-deleted), or None; an expired one is retired
-    on the way, recorded in ``changes``."""
-    state = await _select(conn, path)
+    on the way, recorded in ``changes``. ``known``: its row, already locked."""
+    state = known if known is not None else await _select(conn, path)
     if state is not None and not state.deleted and state.expired(now_ms, accessed_ms):
         changes.update(await _retire(conn, state))
         state = await _select(conn, path)
@@ -333,10 +338,15 @@ async def _append_batch(conn: Conn, items: Sequence[AppendItem]) -> AppendBatch:
     """Appends in order, each decided as if it were its own job, written at the end with
     one ``executemany`` per table (see :mod:`agentsync.streams.batch`)."""
     batch = AppendBatch()
+    # Every stream's row at once (locked; the batch holds their advisory locks already).
+    paths = list(dict.fromkeys(path for path, *_ in items))
+    sql = f"SELECT {COLUMNS} FROM streams WHERE path = ANY($1::text[]) ORDER BY id FOR UPDATE"
+    rows = {row["path"]: _state(row) for row in await conn.fetch(sql, paths)}
     for path, req, now_ms, accessed_ms in items:
         changes: Changes = {}
         if path not in batch.rows:
-            state = await _current(conn, path, now_ms, accessed_ms, changes)
+            known = rows.get(path)
+            state = await _current(conn, path, now_ms, accessed_ms, changes, known)
             batch.rows.update(changes)
             batch.rows[path] = state
         key = batch.producer_to_load(path, req)
