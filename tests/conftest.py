@@ -10,12 +10,14 @@ still running; no other process is ever touched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -33,6 +35,28 @@ def service_missing(reason: str) -> NoReturn:
     if os.environ.get("AGENTSYNC_REQUIRE_SERVICES") == "1":
         pytest.fail(f"needed by this test: {reason}")
     pytest.skip(reason)
+
+
+PG_URL = os.environ.get("AGENTSYNC_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@contextlib.asynccontextmanager
+async def fresh_pg_schema(prefix: str) -> AsyncIterator[str]:
+    """A fresh schema name on the test PostgreSQL, dropped (with everything in it) after."""
+    try:
+        import asyncpg
+    except ImportError:
+        service_missing("asyncpg is not installed")
+    schema = prefix + uuid.uuid4().hex[:10]
+    try:
+        conn = await asyncpg.connect(PG_URL, timeout=3)
+    except Exception as exc:
+        service_missing(f"PostgreSQL at {PG_URL} is not reachable: {exc}")
+    try:
+        yield schema
+    finally:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await conn.close()
 
 
 def free_port() -> int:

@@ -4,8 +4,6 @@ PostgreSQL (a schema of its own per test, dropped after; skipped when unreachabl
 from __future__ import annotations
 
 import contextlib
-import os
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,32 +11,18 @@ from typing import Any
 from agentsync.config import Config
 from agentsync.store.postgres import PostgresStore
 from agentsync.store.sqlite import SQLiteStore
+from agentsync.streams import forks
 from agentsync.streams.manager import StreamManager
 from agentsync.streams.postgres import PostgresStreamStore
 from agentsync.streams.sqlite import SQLiteStreamStore
-from conftest import service_missing
+from conftest import PG_URL, fresh_pg_schema
 
-PG_URL = os.environ.get("AGENTSYNC_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 BACKENDS = ["sqlite", "postgres"]
 
 
-@contextlib.asynccontextmanager
-async def pg_schema() -> AsyncIterator[str]:
+def pg_schema() -> contextlib.AbstractAsyncContextManager[str]:
     """A fresh schema name, dropped (with everything in it) afterwards."""
-    try:
-        import asyncpg
-    except ImportError:
-        service_missing("asyncpg is not installed")
-    schema = "streams_" + uuid.uuid4().hex[:10]
-    try:
-        conn = await asyncpg.connect(PG_URL, timeout=3)
-    except Exception as exc:
-        service_missing(f"PostgreSQL at {PG_URL} is not reachable: {exc}")
-    try:
-        yield schema
-    finally:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        await conn.close()
+    return fresh_pg_schema("streams_")
 
 
 @contextlib.asynccontextmanager
@@ -60,3 +44,11 @@ async def open_manager(backend: str, tmp_path: Path) -> AsyncIterator[StreamMana
         await manager.start()
         stack.push_async_callback(manager.stop)
         yield manager
+
+
+async def read_all(manager: StreamManager, path: str) -> bytes:
+    """Every byte of the stream at ``path``, straight from the store."""
+    _live, state = await manager.current(path)
+    assert manager.store is not None
+    units = await manager.store.read_units(forks.segments(state, 0, state.tail), 1 << 30)
+    return b"".join(u for _, u in units)

@@ -14,13 +14,12 @@ import pytest
 
 from agentsync.config import Config
 from agentsync.store.sqlite import SQLiteStore
-from agentsync.streams import forks
 from agentsync.streams.manager import StreamManager
 from agentsync.streams.postgres import PostgresStreamStore
 from agentsync.streams.rules import AppendRequest, CreateRequest, ForkRequest, StreamError
 from agentsync.streams.sqlite import SQLiteStreamStore
 
-from ._backends import BACKENDS, open_manager
+from ._backends import BACKENDS, open_manager, read_all
 
 TEXT = CreateRequest("text/plain", None, None, None, False, None)
 
@@ -38,13 +37,6 @@ def append(body: bytes) -> AppendRequest:
 async def manager(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StreamManager]:
     async with open_manager(request.param, tmp_path) as manager:
         yield manager
-
-
-async def read_all(manager: StreamManager, path: str) -> bytes:
-    _live, state = await manager.current(path)
-    assert manager.store is not None
-    units = await manager.store.read_units(forks.segments(state, 0, state.tail), 1 << 30)
-    return b"".join(u for _, u in units)
 
 
 async def rows(manager: StreamManager) -> tuple[dict[str, tuple[int, int]], int]:

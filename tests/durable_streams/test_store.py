@@ -22,7 +22,7 @@ from agentsync.streams.rules import (
     Write,
 )
 
-from ._backends import BACKENDS, open_manager
+from ._backends import BACKENDS, open_manager, read_all
 
 TEXT = CreateRequest("text/plain", None, None, None, False, None)
 
@@ -37,13 +37,6 @@ async def manager(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         yield manager
 
 
-async def all_data(manager: StreamManager, path: str) -> bytes:
-    _live, state = await manager.current(path)
-    assert manager.store is not None
-    units = await manager.store.read_units(forks.segments(state, 0, state.tail), 1 << 30)
-    return b"".join(u for _, u in units)
-
-
 async def test_pipelined_producer_appends_keep_their_order(manager: StreamManager) -> None:
     await manager.create("s", TEXT)
     # All queued before any commits: the writer runs them in queue order, so a producer
@@ -53,7 +46,7 @@ async def test_pipelined_producer_appends_keep_their_order(manager: StreamManage
     )
     assert all(isinstance(r.outcome, Write) for r in results)
     assert [r.state.tail for r in results] == list(range(1, 201))
-    assert await all_data(manager, "s") == b"".join(b"%d," % i for i in range(200))
+    assert await read_all(manager, "s") == b"".join(b"%d," % i for i in range(200))
 
 
 async def test_retries_in_the_same_group_are_duplicates(manager: StreamManager) -> None:
@@ -68,7 +61,7 @@ async def test_retries_in_the_same_group_are_duplicates(manager: StreamManager) 
     assert not isinstance(again, BaseException)
     assert again.outcome == rules.Duplicate(0, 0, closed=False)
     assert isinstance(gap, StreamError) and gap.status == 409
-    assert await all_data(manager, "s") == b"x"
+    assert await read_all(manager, "s") == b"x"
 
 
 async def test_the_cache_hears_of_a_write_whose_caller_went_away(manager: StreamManager) -> None:
@@ -93,7 +86,7 @@ async def test_expired_streams_answer_404_and_can_be_created_again(
     assert info.value.status == 404
     created = await manager.create("s", dataclasses.replace(TEXT, ttl_seconds=1))
     assert created.new and created.state.id != first_id
-    assert await all_data(manager, "s") == b""
+    assert await read_all(manager, "s") == b""
 
 
 async def test_reads_renew_the_ttl_in_memory_and_persist_it_coarsely(
@@ -147,7 +140,7 @@ async def test_sqlite_appends_see_rows_another_process_changed(tmp_path: Path) -
         with pytest.raises(StreamError) as info:
             await manager.append("s", AppendRequest(b"b", "text/plain", None, None, False))
         assert info.value.status == 409
-        assert await all_data(manager, "s") == b"a"
+        assert await read_all(manager, "s") == b"a"
 
 
 async def test_appends_of_one_turn_each_get_their_own_answer(manager: StreamManager) -> None:
@@ -174,8 +167,8 @@ async def test_appends_of_one_turn_each_get_their_own_answer(manager: StreamMana
         for r in results
     ]
     assert statuses == ["Write", 404, "Write", "Write", "Duplicate", 409, "Write"]
-    assert await all_data(manager, "a") == b"12"
-    assert await all_data(manager, "b") == b"xy"
+    assert await read_all(manager, "a") == b"12"
+    assert await read_all(manager, "b") == b"xy"
     _live, state_a = await manager.current("a")
     assert state_a.closed and state_a.tail == 2
 
@@ -223,7 +216,7 @@ async def test_a_chain_of_forks_ends_at_the_lineage_limit(manager: StreamManager
         )
         assert depth <= forks.MAX_LINEAGE, "no limit"
     assert depth == forks.MAX_LINEAGE
-    assert await all_data(manager, f"f{depth}") == b"".join(b"%d" % i for i in range(depth + 1))
+    assert await read_all(manager, f"f{depth}") == b"".join(b"%d" % i for i in range(depth + 1))
     with pytest.raises(StreamError):
         await manager.current(f"f{depth + 1}")
 

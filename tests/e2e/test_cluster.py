@@ -12,12 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import shutil
 import socket
 import subprocess
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -25,11 +23,9 @@ import httpx
 import pytest
 import websockets
 
-from conftest import free_port, service_missing
+from conftest import PG_URL, free_port, fresh_pg_schema, service_missing
 
 from ._support import bearer, create_share, message
-
-PG_URL = os.environ.get("AGENTSYNC_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 class RedisServer:
@@ -84,20 +80,8 @@ def redis_server() -> Iterator[RedisServer]:
 
 @pytest.fixture
 async def pg_schema() -> AsyncIterator[str]:
-    try:
-        import asyncpg
-    except ImportError:
-        service_missing("asyncpg is not installed")
-    schema = "cluster_" + uuid.uuid4().hex[:10]
-    try:
-        conn = await asyncpg.connect(PG_URL, timeout=3)
-    except Exception as exc:
-        service_missing(f"PostgreSQL at {PG_URL} is not reachable: {exc}")
-    try:
+    async with fresh_pg_schema("cluster_") as schema:
         yield schema
-    finally:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        await conn.close()
 
 
 class Reader:
