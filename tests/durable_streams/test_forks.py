@@ -17,7 +17,7 @@ from agentsync.store.sqlite import SQLiteStore
 from agentsync.streams.manager import StreamManager
 from agentsync.streams.postgres import PostgresStreamStore
 from agentsync.streams.rules import AppendRequest, CreateRequest, ForkRequest, StreamError
-from agentsync.streams.sqlite import SQLiteStreamStore
+from agentsync.streams.sqlite import UNITS, SQLiteStreamStore
 
 from ._backends import BACKENDS, open_manager, read_all
 
@@ -54,7 +54,7 @@ async def rows(manager: StreamManager) -> tuple[dict[str, tuple[int, int]], int]
 
     def run(conn: Any) -> tuple[dict[str, tuple[int, int]], int]:
         streams = {p: (r, d) for p, r, d in conn.execute("SELECT path, refs, deleted FROM streams")}
-        return streams, conn.execute("SELECT COUNT(*) FROM stream_units").fetchone()[0]
+        return streams, conn.execute(f"SELECT COUNT(*) FROM ({UNITS})").fetchone()[0]
 
     return await store.store._read(run)
 

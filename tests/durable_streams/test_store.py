@@ -143,6 +143,55 @@ async def test_sqlite_appends_see_rows_another_process_changed(tmp_path: Path) -
         assert await read_all(manager, "s") == b"a"
 
 
+async def test_sqlite_units_read_whole_across_folds(tmp_path: Path) -> None:
+    """SQLite writes units to a small recent table and folds them into the main one:
+    reads, forks and deletes must see one log either way, also after a restart."""
+    import sqlite3
+
+    from agentsync.streams.sqlite import FOLD_UNITS
+
+    def counts() -> tuple[int, int]:
+        conn = sqlite3.connect(tmp_path / "agentsync.db")
+        try:
+            main = conn.execute("SELECT COUNT(*) FROM stream_units").fetchone()[0]
+            recent = conn.execute("SELECT COUNT(*) FROM stream_units_recent").fetchone()[0]
+            return main, recent
+        finally:
+            conn.close()
+
+    def unit(path: str, i: int) -> bytes:
+        return b"%s%05d," % (path.encode(), i)
+
+    total = FOLD_UNITS * 2 + FOLD_UNITS // 3  # two folds, and units left in recent
+    async with open_manager("sqlite", tmp_path) as manager:
+        for path in ("a", "b", "gone"):
+            await manager.create(path, TEXT)
+        for start in range(0, total, 150):
+            end = min(start + 150, total)
+            await asyncio.gather(
+                *(
+                    manager.append(
+                        path, AppendRequest(unit(path, i), "text/plain", None, None, False)
+                    )
+                    for i in range(start, end)
+                    for path in ("a", "b", "gone")
+                )
+            )
+            want = b"".join(unit("a", i) for i in range(end))
+            assert await read_all(manager, "a") == want  # before, across and after a fold
+        main, recent = counts()
+        assert main >= 2 * FOLD_UNITS and 0 < recent < FOLD_UNITS
+        fork = rules.ForkRequest("a", total - 5, 0)  # from a folded unit on
+        await manager.create("fork", dataclasses.replace(TEXT, fork=fork))
+        await manager.append("fork", AppendRequest(b"own", "text/plain", None, None, False))
+        await manager.delete("gone")
+        assert sum(counts()) == 2 * total + 1  # a, b and the fork's own; none of "gone"
+    async with open_manager("sqlite", tmp_path) as manager:
+        assert await read_all(manager, "b") == b"".join(unit("b", i) for i in range(total))
+        fork_wants = b"".join(unit("a", i) for i in range(total - 5)) + b"own"
+        assert await read_all(manager, "fork") == fork_wants
+
+
 async def test_appends_of_one_turn_each_get_their_own_answer(manager: StreamManager) -> None:
     """Appends made together (SQLite writes them as one batch) are decided one by one,
     in order: a refusal refuses only its own append, and a close shuts out the rest."""

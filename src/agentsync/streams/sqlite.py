@@ -68,6 +68,12 @@ CREATE TABLE IF NOT EXISTS stream_units (
     data BLOB NOT NULL,
     PRIMARY KEY (stream_id, seq)
 );
+CREATE TABLE IF NOT EXISTS stream_units_recent (
+    stream_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (stream_id, seq)
+);
 CREATE TABLE IF NOT EXISTS stream_producers (
     stream_id INTEGER NOT NULL,
     producer TEXT NOT NULL,
@@ -93,6 +99,23 @@ COLUMNS: Final = (
     "id, path, content_type, ttl_seconds, expires_at, expires_at_ms, created_at,"
     " accessed_at, tail, closed, closed_by, stream_seq,"
     " fork_of, fork_path, fork_offset, fork_sub, lineage, refs, deleted"
+)
+
+# Units are written to ``stream_units_recent`` and folded into ``stream_units`` every
+# FOLD_UNITS units, in (stream, seq) order. Appends to many streams at once would
+# otherwise dirty one B-tree leaf of ``stream_units`` per stream in every commit (and
+# write each of those pages to the WAL); the small recent table keeps the pages a commit
+# touches few (about 4x less writer time per append over 50 streams). Reads take both.
+FOLD_UNITS: Final = 1024
+INSERT_UNIT: Final = "INSERT INTO stream_units_recent (stream_id, seq, data) VALUES (?, ?, ?)"
+UNITS: Final = (
+    "SELECT stream_id, seq, data FROM stream_units"
+    " UNION ALL SELECT stream_id, seq, data FROM stream_units_recent"
+)
+READ_UNITS: Final = (  # SQLite merges the two index scans (MERGE (UNION ALL))
+    "SELECT seq, data FROM stream_units WHERE stream_id = ?1 AND seq > ?2 AND seq <= ?3"
+    " UNION ALL SELECT seq, data FROM stream_units_recent"
+    " WHERE stream_id = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq"
 )
 
 
@@ -154,6 +177,7 @@ def _remove(conn: sqlite3.Connection, state: StreamState) -> Changes:
     while current is not None:
         conn.execute("DELETE FROM streams WHERE id = ?", (current.id,))
         conn.execute("DELETE FROM stream_units WHERE stream_id = ?", (current.id,))
+        conn.execute("DELETE FROM stream_units_recent WHERE stream_id = ?", (current.id,))
         conn.execute("DELETE FROM stream_producers WHERE stream_id = ?", (current.id,))
         changes[current.path] = None
         if current.fork is None:
@@ -195,9 +219,17 @@ def _current(
 
 
 def _insert_unit(conn: sqlite3.Connection, stream_id: int, seq: int, data: bytes) -> None:
+    conn.execute(INSERT_UNIT, (stream_id, seq, data))
+
+
+def _fold(conn: sqlite3.Connection) -> None:
+    """Move the recent units into ``stream_units``, sorted: each stream's B-tree pages
+    are touched once for all its recent units."""
     conn.execute(
-        "INSERT INTO stream_units (stream_id, seq, data) VALUES (?, ?, ?)", (stream_id, seq, data)
+        "INSERT INTO stream_units (stream_id, seq, data) SELECT stream_id, seq, data"
+        " FROM stream_units_recent ORDER BY stream_id, seq"
     )
+    conn.execute("DELETE FROM stream_units_recent")
 
 
 def _create(
@@ -287,7 +319,7 @@ def _sub_offset_prefix(
     following = None
     if pieces:
         row = conn.execute(
-            "SELECT data FROM stream_units WHERE stream_id = ? AND seq = ?",
+            f"SELECT data FROM ({UNITS}) WHERE stream_id = ? AND seq = ?",
             (pieces[0].stream_id, pieces[0].after + 1),
         ).fetchone()
         following = None if row is None else bytes(row[0])
@@ -364,9 +396,7 @@ def _append_batch(
             ).fetchone()
             batch.producers[key] = None if row is None else ProducerState(row[0], row[1])
         batch.decide(path, req, now_ms, changes)
-    conn.executemany(
-        "INSERT INTO stream_units (stream_id, seq, data) VALUES (?, ?, ?)", batch.units
-    )
+    conn.executemany(INSERT_UNIT, batch.units)
     conn.executemany(
         "UPDATE streams SET tail = ?, closed = ?, closed_by = ?, stream_seq = ?,"
         " accessed_at = ? WHERE id = ?",
@@ -425,6 +455,7 @@ class SQLiteStreamStore:
         # trusted while the writer's generation holds; any other job empties it.
         self._rows: dict[str, StreamState] = {}
         self._rows_generation = -1
+        self._unfolded = 0  # units appended since the last fold (writer thread)
         self._appends = AppendQueue(self._write_appends)
 
     def observe(self, listener: Listener) -> None:
@@ -524,6 +555,10 @@ class SQLiteStreamStore:
         def run(conn: sqlite3.Connection) -> Result:
             rows = self._known_rows()
             batch = _append_batch(conn, items, rows)
+            self._unfolded += len(batch.units)
+            if self._unfolded >= FOLD_UNITS:
+                _fold(conn)
+                self._unfolded = 0
             for path, state in batch.rows.items():
                 if state is None:
                     rows.pop(path, None)
@@ -559,11 +594,7 @@ class SQLiteStreamStore:
             units: list[tuple[int, bytes]] = []
             size = 0
             for piece in pieces:
-                rows = conn.execute(
-                    "SELECT seq, data FROM stream_units WHERE stream_id = ? AND seq > ?"
-                    " AND seq <= ? ORDER BY seq",
-                    (piece.stream_id, piece.after, piece.up_to),
-                )
+                rows = conn.execute(READ_UNITS, (piece.stream_id, piece.after, piece.up_to))
                 for seq, data in rows:
                     if units and size + len(data) > max_bytes:
                         return units
