@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import orjson
-from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from agentsync.hub import Hub
 from agentsync.limits import AddressLimits
@@ -24,7 +24,7 @@ T = 5.0  # bound on any wait here
 Message = MutableMapping[str, Any]
 
 
-def app_for(hub: Hub) -> Starlette:
+def app_for(hub: Hub) -> ASGIApp:
     """The node's app over ``hub`` (already started: the app's lifespan is not run)."""
     config = dataclasses.replace(hub.config, address_limits=False)
     return create_app(Node(config, hub.store, hub.metrics, hub, AddressLimits(config)))

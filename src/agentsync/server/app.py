@@ -21,10 +21,10 @@ from urllib.parse import urlsplit
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp
 
 from agentsync.archive.base import Archive
 from agentsync.bus.base import Bus
@@ -179,9 +179,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return http.json_response(
-        {"error": {"code": "internal", "message": "internal error; see the server log"}}, 500
-    )
+    return http.internal_error_response()
 
 
 def tune_gc() -> None:
@@ -194,7 +192,7 @@ def tune_gc() -> None:
     gc.set_threshold(GC_THRESHOLD, 20, 20)
 
 
-def create_app(node: Node) -> Starlette:
+def create_app(node: Node) -> ASGIApp:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await node.hub.start()
@@ -248,10 +246,6 @@ def create_app(node: Node) -> Starlette:
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[
-            Middleware(Guard, config=node.config, limits=node.limits, metrics=node.metrics),
-            Middleware(durable_streams.Appends),  # the append hot path skips the router
-        ],
         exception_handlers={
             AgentsyncError: _agentsync_error,
             HTTPException: _http_error,
@@ -263,7 +257,10 @@ def create_app(node: Node) -> Starlette:
     app.state.streams = node.streams
     app.state.limits = node.limits
     app.state.draining = False
-    return app
+    # The Guard admits every request; appends (the hot path) are answered before
+    # Starlette's own middleware and router, the rest by the app.
+    appends = durable_streams.Appends(app, node.streams)
+    return Guard(appends, config=node.config, limits=node.limits, metrics=node.metrics)
 
 
 class _Server(uvicorn.Server):
@@ -284,7 +281,7 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def uvicorn_config(node: Node, app: Starlette) -> uvicorn.Config:
+def uvicorn_config(node: Node, app: ASGIApp) -> uvicorn.Config:
     config = node.config
     return uvicorn.Config(
         app,

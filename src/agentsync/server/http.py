@@ -51,6 +51,13 @@ def error_response(err: AgentsyncError) -> Response:
     return json_response(err.to_json(), err.status, headers)
 
 
+def internal_error_response() -> Response:
+    """The 500 for an unexpected error, already logged with its traceback."""
+    return json_response(
+        {"error": {"code": "internal", "message": "internal error; see the server log"}}, 500
+    )
+
+
 def hub_of(request: Request) -> Hub:
     hub: Hub = request.app.state.hub
     return hub

@@ -18,6 +18,7 @@ Appends, the hot path, skip the router: :class:`Appends` sits in front of it and
 from __future__ import annotations
 
 import hmac
+import logging
 import random
 import re
 import time
@@ -33,7 +34,7 @@ from agentsync import auth
 from agentsync.config import Config
 from agentsync.protocol import AgentsyncError, now_ms
 from agentsync.server.http import error_response as agentsync_error_response
-from agentsync.server.http import read_body, receive_body
+from agentsync.server.http import internal_error_response, read_body, receive_body
 from agentsync.streams import forks, rules
 from agentsync.streams.manager import LiveStream, StreamManager
 from agentsync.streams.rules import (
@@ -51,6 +52,7 @@ ALLOW: Final = "GET, HEAD, PUT, POST, DELETE, OPTIONS"
 ROUTE_PREFIX: Final = "/v1/stream/"  # Stream-Forked-From names a source by this path
 
 _rng = random.Random()
+log = logging.getLogger("agentsync.streams")
 
 
 def manager_of(request: Request) -> StreamManager:
@@ -158,11 +160,13 @@ async def create(request: Request) -> Response:
 
 
 class Appends:
-    """ASGI layer in front of the router: ``POST /v1/stream/{path}`` (but not the
-    read-only ``sessions/{id}`` route) is answered here; everything else passes on."""
+    """ASGI layer between the Guard and the app: ``POST /v1/stream/{path}`` (but not the
+    read-only ``sessions/{id}`` route) is answered here, without Starlette's middleware,
+    router, ``Request`` or ``Response``; everything else passes on to ``app``."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, streams: StreamManager) -> None:
         self.app = app
+        self.streams = streams
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -173,7 +177,7 @@ class Appends:
             if route_path.startswith(ROUTE_PREFIX):
                 path = route_path[len(ROUTE_PREFIX) :]
                 if not SESSION_ROUTE.match(path):
-                    await _append_asgi(scope["app"].state.streams, path, scope, receive, send)
+                    await _append_asgi(self.streams, path, scope, receive, send)
                     return
         await self.app(scope, receive, send)
 
@@ -197,8 +201,12 @@ async def _append_asgi(
         await error_response(err)(scope, receive, send)
         return
     except AgentsyncError as err:  # e.g. the body is too large
-        scope["app"].state.hub.metrics.rejected.labels(err.code).inc()
+        manager.metrics.rejected.labels(err.code).inc()
         await agentsync_error_response(err)(scope, receive, send)
+        return
+    except Exception:  # as the app's handler for the routes it serves
+        log.exception("unexpected error on POST %s", scope["path"])
+        await internal_error_response()(scope, receive, send)
         return
     raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in out.items()]
     if status != 204:
