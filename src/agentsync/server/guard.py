@@ -171,11 +171,12 @@ class Guard:
         scope.setdefault("state", {})["client_address"] = address
         path = scope.get("path", "")
         durable_stream = path.startswith(DURABLE_STREAMS_PREFIX)
-        streaming = (
-            kind == "websocket"
-            or bool(STREAMING_PATH.match(path))
-            or (durable_stream and _live_read(scope.get("query_string", b"")))
-        )
+        if kind == "websocket":
+            streaming = True
+        elif durable_stream:
+            streaming = _live_read(scope.get("query_string", b""))
+        else:
+            streaming = path.startswith("/v1/sessions/") and bool(STREAMING_PATH.match(path))
         try:
             if scope.get("path") in UNLIMITED_PATHS:
                 pass  # health probes and scrapes are never refused
@@ -212,15 +213,22 @@ class Guard:
             self.limits.connections.release(address)
 
 
+SECURITY_NAMES = frozenset(name for name, _ in (*SECURITY_HEADERS, CROSS_ORIGIN_RESOURCE))
+STREAM_SECURITY_HEADERS = (*SECURITY_HEADERS, CROSS_ORIGIN_RESOURCE)
+
+
 def _with_security_headers(send: Send, durable_stream: bool = False) -> Send:
     # Durable Streams are read cross-origin by design (their clients run in browsers).
-    extra = (CROSS_ORIGIN_RESOURCE,) if durable_stream else ()
+    extra = STREAM_SECURITY_HEADERS if durable_stream else SECURITY_HEADERS
 
     async def send_with_headers(message: Message) -> None:
         if message["type"] == "http.response.start":
-            headers = list(message.get("headers", []))
-            present = {name.lower() for name, _ in headers}
-            headers.extend((n, v) for n, v in (*SECURITY_HEADERS, *extra) if n not in present)
+            headers = list(message.get("headers", ()))
+            if any(name.lower() in SECURITY_NAMES for name, _ in headers):  # its own wins
+                present = {name.lower() for name, _ in headers}
+                headers.extend(h for h in extra if h[0] not in present)
+            else:
+                headers.extend(extra)
             message["headers"] = headers
         await send(message)
 
