@@ -40,6 +40,7 @@ class AppendBatch:
     producers: dict[ProducerKey, ProducerState | None] = field(default_factory=dict)
     units: list[tuple[int, int, bytes]] = field(default_factory=list)  # id, seq, unit
     final: dict[int, StreamState] = field(default_factory=dict)  # stream id -> row to write
+    first: dict[int, StreamState] = field(default_factory=dict)  # stream id -> row before
     upserts: dict[ProducerKey, tuple[ProducerState, int]] = field(default_factory=dict)
     results: list[Result] = field(default_factory=list)  # one per decided append
 
@@ -77,12 +78,16 @@ class AppendBatch:
             if outcome.producer_state is not None and key is not None:
                 self.producers[key] = outcome.producer_state
                 self.upserts[key] = (outcome.producer_state, now_ms)
+        self.first.setdefault(state.id, state)
         self.final[state.id] = after
         self.rows[path] = changes[path] = after
         self.results.append((changes, Appended(after, outcome)))
 
-    def stream_rows(self) -> list[tuple[Any, ...]]:
-        """(tail, closed, closed_by, stream_seq, accessed_at, id) of every touched stream."""
+    def stream_rows(self, tails_derived: bool = False) -> list[tuple[Any, ...]]:
+        """(tail, closed, closed_by, stream_seq, accessed_at, id) of every touched stream;
+        with ``tails_derived`` (the store reads a row's tail from its units), only of those
+        whose row changed in more than tail and access time, or whose access time counts
+        (a stream with a TTL)."""
         return [
             (
                 row.tail,
@@ -93,11 +98,21 @@ class AppendBatch:
                 stream_id,
             )
             for stream_id, row in self.final.items()
+            if not tails_derived or _row_moved(self.first[stream_id], row)
         ]
 
     def producer_rows(self) -> list[tuple[int, str, int, int, int]]:
         """(stream id, producer, epoch, seq, updated_at) of every producer that moved."""
         return [(sid, pid, ps.epoch, ps.seq, now) for (sid, pid), (ps, now) in self.upserts.items()]
+
+
+def _row_moved(before: StreamState, after: StreamState) -> bool:
+    return (
+        after.ttl_seconds is not None
+        or after.closed != before.closed
+        or after.closed_by != before.closed_by
+        or after.stream_seq != before.stream_seq
+    )
 
 
 Futures = list["asyncio.Future[Result]"]

@@ -95,9 +95,16 @@ FORK_COLUMNS: Final = {
     "deleted": "INTEGER NOT NULL DEFAULT 0",
 }
 
+# A plain append to a stream without a TTL writes only its unit: the row's tail can lag
+# behind the units still in stream_units_recent (a fold brings it up to date), so it is
+# read as the larger of the two. Saves an UPDATE per append (about 3 us of writer time).
+TAIL: Final = (
+    "MAX(tail, IFNULL((SELECT MAX(seq) FROM stream_units_recent"
+    " WHERE stream_units_recent.stream_id = streams.id), 0))"
+)
 COLUMNS: Final = (
     "id, path, content_type, ttl_seconds, expires_at, expires_at_ms, created_at,"
-    " accessed_at, tail, closed, closed_by, stream_seq,"
+    f" accessed_at, {TAIL}, closed, closed_by, stream_seq,"
     " fork_of, fork_path, fork_offset, fork_sub, lineage, refs, deleted"
 )
 
@@ -224,7 +231,10 @@ def _insert_unit(conn: sqlite3.Connection, stream_id: int, seq: int, data: bytes
 
 def _fold(conn: sqlite3.Connection) -> None:
     """Move the recent units into ``stream_units``, sorted: each stream's B-tree pages
-    are touched once for all its recent units."""
+    are touched once for all its recent units. Rows take the tails they imply first."""
+    conn.execute(
+        f"UPDATE streams SET tail = {TAIL} WHERE id IN (SELECT stream_id FROM stream_units_recent)"
+    )
     conn.execute(
         "INSERT INTO stream_units (stream_id, seq, data) SELECT stream_id, seq, data"
         " FROM stream_units_recent ORDER BY stream_id, seq"
@@ -400,7 +410,7 @@ def _append_batch(
     conn.executemany(
         "UPDATE streams SET tail = ?, closed = ?, closed_by = ?, stream_seq = ?,"
         " accessed_at = ? WHERE id = ?",
-        batch.stream_rows(),
+        batch.stream_rows(tails_derived=True),
     )
     conn.executemany(
         "INSERT INTO stream_producers (stream_id, producer, epoch, seq, updated_at)"
