@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import codecs
 import random
+import functools
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -124,6 +125,7 @@ def is_true(value: str | None) -> bool:
     return value is not None and value.strip().lower() == "true"
 
 
+@functools.lru_cache(maxsize=256)  # a handful of distinct headers; every append asks
 def media_type(content_type: str | None) -> str:
     """The comparable part of a content type: ``Application/JSON; charset=utf-8`` ->
     ``application/json``."""
