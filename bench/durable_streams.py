@@ -442,23 +442,36 @@ def main() -> None:
     appends: list[dict[str, Any]] = []
     sse: list[dict[str, Any]] = []
     try:
-        for name in (s.strip() for s in a.servers.split(",") if s.strip()):
-            srv = start_server(name, a, data_dir)
-            try:
-                if "appends" in a.points:
-                    for n in (int(x) for x in a.streams.split(",")):
-                        appends.append(
-                            median_row([run_appends(srv, n, a) for _ in range(a.repeat)])
-                        )
-                        print(
-                            f"# {name}: {n} streams: {appends[-1]['appends_per_s']:,.0f}/s",
-                            file=sys.stderr,
-                        )
-                if "sse" in a.points:
-                    sse.append(median_row([run_sse(srv, a) for _ in range(a.repeat)]))
-                    print(f"# {name}: sse p99 {ms(sse[-1]['p99_ms'])} ms", file=sys.stderr)
-            finally:
-                srv.stop()
+        names = [s.strip() for s in a.servers.split(",") if s.strip()]
+        counts = [int(x) for x in a.streams.split(",")]
+        with contextlib.ExitStack() as stack:
+            servers = []
+            for name in names:  # all up at once (idle ones cost nothing): rounds interleave
+                servers.append(start_server(name, a, data_dir))
+                stack.callback(servers[-1].stop)
+            appends_runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+            sse_runs: dict[str, list[dict[str, Any]]] = {}
+            for round_ in range(a.repeat):
+                # The machine's speed drifts: each round runs every server, in alternating
+                # order, so that a slow spell hits them all alike.
+                for srv in servers if round_ % 2 == 0 else servers[::-1]:
+                    if "appends" in a.points:
+                        for n in counts:
+                            run = run_appends(srv, n, a)
+                            appends_runs.setdefault((srv.name, n), []).append(run)
+                            rate = run["appends_per_s"]
+                            print(f"# {srv.name}: {n} streams: {rate:,.0f}/s", file=sys.stderr)
+                    if "sse" in a.points:
+                        sse_runs.setdefault(srv.name, []).append(run_sse(srv, a))
+                        p99 = ms(sse_runs[srv.name][-1]["p99_ms"])
+                        print(f"# {srv.name}: sse p99 {p99} ms", file=sys.stderr)
+            appends = [
+                median_row(appends_runs[(name, n)])
+                for name in names
+                if "appends" in a.points
+                for n in counts
+            ]
+            sse = [median_row(sse_runs[name]) for name in names if "sse" in a.points]
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
     if a.json:
