@@ -178,6 +178,13 @@ class Config:
         default=20.0,
         metadata={"help": "how long a Durable Streams long-poll waits for data (then 204)"},
     )
+    stream_stall_seconds: float = dataclasses.field(
+        default=30.0,
+        metadata={
+            "help": "a Durable Streams SSE reader whose socket takes nothing for this long "
+            "is cut off (it resumes from its offset)"
+        },
+    )
     gil_switch_ms: float = dataclasses.field(
         default=0.5, metadata={"help": "Python's thread switch interval (latency vs. CPU)"}
     )

@@ -311,6 +311,8 @@ class _ConnectionLogFilter(logging.Filter):
             # a client's bad frame (closed with 1007), not a server error: any client
             # could otherwise flood the log with tracebacks
             or msg.startswith("Invalid UTF-8 sequence received from client")
+            # an SSE reader that stopped reading, cut off on purpose (and logged so)
+            or (msg.startswith("ASGI callable returned without") and durable_streams.CUT_OFF.get())
         )
 
 

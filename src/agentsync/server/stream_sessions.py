@@ -34,11 +34,12 @@ from typing import Final
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from agentsync.hub import Hub, LiveSession
 from agentsync.protocol import AgentsyncError, TooManyConnections, now_ms
 from agentsync.server.http import authorize_read, credential, hub_of
+from agentsync.server.streams import SSEResponse
 from agentsync.streams import rules
 from agentsync.streams.rules import NOW, StreamError
 
@@ -234,7 +235,8 @@ def sse_response(hub: Hub, live: LiveSession, after: int, cursor: str | None) ->
         "cache-control": "no-cache",
         "x-accel-buffering": "no",
     }
-    return StreamingResponse(_sse(hub, live, after, cursor), headers=out)
+    stream = _sse(hub, live, after, cursor)
+    return SSEResponse(stream, out, hub.config.stream_stall_seconds, hub.metrics)
 
 
 async def _sse(hub: Hub, live: LiveSession, seq: int, cursor: str | None) -> AsyncIterator[bytes]:

@@ -17,6 +17,8 @@ Appends, the hot path, skip the router: :class:`Appends` sits in front of it and
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import hmac
 import logging
 import random
@@ -28,10 +30,11 @@ from typing import Final
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentsync import auth
 from agentsync.config import Config
+from agentsync.metrics import Metrics
 from agentsync.protocol import AgentsyncError, now_ms
 from agentsync.server.http import error_response as agentsync_error_response
 from agentsync.server.http import internal_error_response, read_body, receive_body
@@ -374,7 +377,55 @@ def sse_response(
     }
     if rules.sse_uses_base64(state.content_type):
         out["stream-sse-data-encoding"] = "base64"
-    return StreamingResponse(_sse(manager, live, state, seq, cursor), headers=out)
+    stream = _sse(manager, live, state, seq, cursor)
+    return SSEResponse(stream, out, manager.config.stream_stall_seconds, manager.metrics)
+
+
+CUT_OFF: Final = contextvars.ContextVar("agentsync_sse_cut_off", default=False)
+
+
+class SSEResponse(StreamingResponse):
+    """A Durable Streams SSE response that gives up on a reader who stops reading.
+
+    Data is pulled from the store per reader, so a stalled one costs no more than its
+    socket buffers; but it would hold its connection (and the 60 s reconnect deadline
+    would never come) for as long as TCP lets it. A write that waits ``stall`` seconds
+    for the socket to drain ends the response instead: the connection is closed after
+    what was already written, which ends on a whole data and control pair, and the
+    client resumes from that control's offset (SPEC §2.6)."""
+
+    def __init__(
+        self, content: AsyncIterator[bytes], headers: dict[str, str], stall: float, metrics: Metrics
+    ) -> None:
+        super().__init__(content, headers=headers)
+        self.stall = stall
+        self.metrics = metrics
+        self.stalled = False
+
+    async def stream_response(self, send: Send) -> None:
+        async def send_or_give_up(message: Message) -> None:
+            async with asyncio.timeout(self.stall):
+                await send(message)
+
+        try:
+            await super().stream_response(send_or_give_up)
+        except TimeoutError:
+            self.stalled = True
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
+        if self.stalled:
+            self.metrics.slow_consumers.inc()
+            log.info(
+                "cut off an SSE reader of %s: its socket took nothing for %gs (it resumes "
+                "from its offset)",
+                scope.get("path"),
+                self.stall,
+            )
+            CUT_OFF.set(True)  # uvicorn then closes the connection: not an error
 
 
 async def _sse(

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import base64
 import codecs
-import random
 import functools
+import random
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
