@@ -88,6 +88,23 @@ async def test_rejected_forks_take_no_reference(manager: StreamManager) -> None:
     assert await status(manager, "src") == 404
 
 
+async def test_a_repeated_fork_put_is_idempotent_after_the_source_grew(
+    manager: StreamManager,
+) -> None:
+    """A fork created at the source's tail (no Stream-Fork-Offset) and PUT again with the
+    same headers is the same fork (200), even though the tail has moved since."""
+    await manager.create("src", dataclasses.replace(TEXT, body=b"a"))
+    first = await manager.create("f", fork_of("src"))
+    await manager.append("src", append(b"b"))
+    again = await manager.create("f", fork_of("src"))
+    assert first.new and not again.new and again.state.id == first.state.id
+    assert not (await manager.create("f", fork_of("src", offset=1))).new  # its offset
+    with pytest.raises(StreamError) as info:
+        await manager.create("f", fork_of("src", offset=2))  # another offset: not the same
+    assert info.value.status == 409
+    assert await read_all(manager, "f") == b"a"
+
+
 async def test_a_chain_is_removed_whole_when_its_last_fork_goes(manager: StreamManager) -> None:
     await manager.create("l0", dataclasses.replace(TEXT, body=b"abcdef"))
     await manager.create("l1", fork_of("l0", offset=0, sub=4))  # "abcd"

@@ -16,6 +16,7 @@ Theory of operation:
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Final
 from urllib.parse import unquote, urlsplit
@@ -30,6 +31,7 @@ from agentsync.streams.rules import (
     StreamState,
     bad_request,
     media_type,
+    same_config,
 )
 
 _SUB_OFFSET: Final = re.compile(r"0|[1-9][0-9]*")
@@ -108,6 +110,37 @@ def resolve(source: StreamState, req: CreateRequest) -> CreateRequest:
         req.body,
         ForkRequest(fork.source, offset, fork.sub_offset),
     )
+
+
+def check_repeat(
+    path: str, state: StreamState, source: StreamState | None, req: CreateRequest
+) -> None:
+    """A PUT to ``path``, which holds ``state``: idempotent (returns) when it asks for
+    what is there, else 409. A fork's request is compared with what it inherits filled
+    in; an omitted fork offset matches the fork's, however far the source has grown."""
+    if state.deleted:
+        raise StreamError(
+            409,
+            "stream_gone",
+            f"stream {path!r} was deleted but forks still read it; the path can be "
+            "reused once they are gone",
+        )
+    fork = req.fork
+    if source is not None and fork is not None and source.path == fork.source:
+        try:
+            resolved = resolve(source, req)
+        except StreamError:
+            req = dataclasses.replace(req, fork=None)  # cannot be the same: 409
+        else:
+            if fork.offset is None and resolved.fork is not None:
+                resolved = dataclasses.replace(
+                    resolved, fork=dataclasses.replace(resolved.fork, offset=None)
+                )
+            req = resolved
+    if not same_config(state, req):
+        raise StreamError(
+            409, "stream_exists", f"stream {path!r} exists with another configuration"
+        )
 
 
 def own_start(state: StreamState) -> int:

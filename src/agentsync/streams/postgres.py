@@ -15,7 +15,6 @@ those of :mod:`agentsync.streams.sqlite`, statement for statement.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
@@ -240,23 +239,8 @@ async def _decide_create(
         else:
             source = await _current(conn, req.fork.source, now_ms, source_accessed_ms, changes)
     if state is not None:
-        if state.deleted:
-            raise StreamError(
-                409,
-                "stream_gone",
-                f"stream {path!r} was deleted but forks still read it; the path can be "
-                "reused once they are gone",
-            )
-        if source is not None and req.fork is not None and source.path == req.fork.source:
-            try:
-                req = forks.resolve(source, req)
-            except StreamError:
-                req = dataclasses.replace(req, fork=None)  # cannot be the same: 409
-        if rules.same_config(state, req):
-            return Created(state, new=False)
-        raise StreamError(
-            409, "stream_exists", f"stream {path!r} exists with another configuration"
-        )
+        forks.check_repeat(path, state, source, req)  # else 409
+        return Created(state, new=False)
     if req.fork is not None:
         if source is None:
             raise StreamError(404, "not_found", f"no stream at {req.fork.source!r} to fork")
