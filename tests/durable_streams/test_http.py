@@ -185,3 +185,27 @@ async def test_sse_keeps_a_character_split_across_two_appends_whole(server_facto
                     text += line[5:]
                     break
     assert text == "café!"
+
+
+async def test_sse_of_a_closed_text_stream_ends_with_its_cut_character(server_factory: Any) -> None:
+    """A closed text stream whose last append ended inside a UTF-8 character: SSE sends the
+    dangling bytes (as U+FFFD, as a catch-up read decodes them) before the closing control,
+    not nothing."""
+    srv = server_factory()
+    plain = {"content-type": "text/plain"}
+    async with httpx.AsyncClient(base_url=srv.url, timeout=10.0) as client:
+        assert (await client.put("/v1/stream/c", headers=plain)).status_code == 201
+        assert (await client.post("/v1/stream/c", headers=plain, content=b"caf\xc3")).is_success
+        closing = {"stream-closed": "true"}
+        assert (await client.post("/v1/stream/c", headers=closing)).is_success
+        text, event, closed = "", "", False
+        params = {"offset": "-1", "live": "sse"}
+        async with client.stream("GET", "/v1/stream/c", params=params) as sse:
+            async for line in sse.aiter_lines():
+                if line.startswith("event:"):
+                    event = line.split(":", 1)[1].strip()
+                elif line.startswith("data:") and event == "data":
+                    text += line[5:]
+                elif line.startswith("data:") and '"streamClosed":true' in line:
+                    closed = True
+    assert closed and text == "caf\ufffd"

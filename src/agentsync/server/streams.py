@@ -455,9 +455,13 @@ async def _sse(
             chunk = b""
             if units:
                 seq = units[-1][0]
-                chunk = rules.sse_data(content_type, [u for _, u in units], text)
             at_tail = seq >= current.tail
             ended = current.closed and at_tail
+            # The end of a closed text stream flushes a character its last append cut
+            # in two (as U+FFFD), which would otherwise never be sent.
+            flush = ended and text is not None and text.getstate()[0] != b""
+            if units or flush:
+                chunk = rules.sse_data(content_type, [u for _, u in units], text, final=ended)
             if units or first or ended:
                 control_cursor = rules.response_cursor(cursor, now_ms(), _rng)
                 chunk += rules.sse_control(seq, control_cursor, up_to_date=at_tail, closed=ended)

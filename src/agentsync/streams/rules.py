@@ -594,7 +594,11 @@ def sse_event(kind: str, payload: str) -> bytes:
 
 
 def sse_data(
-    content_type: str, units: list[bytes], text: codecs.IncrementalDecoder | None = None
+    content_type: str,
+    units: list[bytes],
+    text: codecs.IncrementalDecoder | None = None,
+    *,
+    final: bool = False,
 ) -> bytes:
     """The ``data`` event for a batch of units: one JSON array, base64 or text. ``text``:
     the connection's UTF-8 decoder, which holds a character split across two appends
@@ -605,7 +609,7 @@ def sse_data(
     if sse_uses_base64(content_type):
         return sse_event("data", base64.b64encode(raw).decode("ascii"))
     if text is not None:
-        return sse_event("data", text.decode(raw))
+        return sse_event("data", text.decode(raw, final))
     return sse_event("data", raw.decode("utf-8", "replace"))
 
 
