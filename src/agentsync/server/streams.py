@@ -403,17 +403,43 @@ class SSEResponse(StreamingResponse):
         self.stalled = False
 
     async def stream_response(self, send: Send) -> None:
-        async def send_or_give_up(message: Message) -> None:
-            async with asyncio.timeout(self.stall):
-                await send(message)
+        # One watchdog timer per connection, not a timeout per write (4 us each, and
+        # SSE fan-out is thousands of writes a second): it cancels this task only while
+        # a write has been waiting for ``stall`` seconds.
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        waiting_since: float | None = None
+        timer: asyncio.TimerHandle
 
+        def watch() -> None:
+            nonlocal timer
+            now = loop.time()
+            if waiting_since is not None and now - waiting_since >= self.stall:
+                self.stalled = True
+                task.cancel()
+                return
+            start = now if waiting_since is None else waiting_since
+            timer = loop.call_at(start + self.stall, watch)
+
+        async def watched(message: Message) -> None:
+            nonlocal waiting_since
+            waiting_since = loop.time()
+            await send(message)
+            waiting_since = None
+
+        timer = loop.call_later(self.stall, watch)
         try:
-            await super().stream_response(send_or_give_up)
-        except TimeoutError:
-            self.stalled = True
+            await super().stream_response(watched)
+        except asyncio.CancelledError:
+            if not self.stalled:
+                raise
+            task.uncancel()
             aclose = getattr(self.body_iterator, "aclose", None)
             if aclose is not None:
                 await aclose()
+        finally:
+            timer.cancel()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await super().__call__(scope, receive, send)
