@@ -293,6 +293,7 @@ def uvicorn_config(node: Node, app: ASGIApp) -> uvicorn.Config:
         ws_per_message_deflate=config.ws_compression,
         ws_max_size=config.max_frame_bytes,
         proxy_headers=False,  # the guard reads X-Forwarded-For, from --trusted-proxies only
+        server_header=False,  # no "server: uvicorn" on every response (one header less)
         lifespan="on",
         log_level=config.log_level,
         access_log=config.log_level == "debug",
