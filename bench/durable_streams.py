@@ -466,12 +466,12 @@ def main() -> None:
                         p99 = ms(sse_runs[srv.name][-1]["p99_ms"])
                         print(f"# {srv.name}: sse p99 {p99} ms", file=sys.stderr)
             appends = [
-                median_row(appends_runs[(name, n)])
-                for name in names
+                median_row(appends_runs[(srv.name, n)])
+                for srv in servers
                 if "appends" in a.points
                 for n in counts
             ]
-            sse = [median_row(sse_runs[name]) for name in names if "sse" in a.points]
+            sse = [median_row(sse_runs[srv.name]) for srv in servers if "sse" in a.points]
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
     if a.json:
