@@ -123,7 +123,11 @@ async def test_a_stalled_sse_reader_is_cut_off_and_resumes(server_factory: Any) 
         grown = psutil.Process(srv.pid).memory_info().rss - rss_before
         assert grown < 64 * MiB, f"the server grew by {grown / MiB:.0f} MiB"
 
-        # Cut off: the server closes the connection after what it had written.
+        # Cut off: the server closes the connection after what it had written. Its socket
+        # buffers (tcp_wmem: 4 MiB at most here) hold a third of the stream, so its write
+        # has been waiting since well before the last append; give the cut-off time to
+        # happen before reading (reading would let the write through).
+        await asyncio.sleep(2 * STALL_SECONDS + 1)
         raw = await asyncio.to_thread(read_to_eof, stalled, 10 * STALL_SECONDS + 10)
         stalled.close()
         head, _, body = raw.partition(b"\r\n\r\n")
