@@ -22,11 +22,12 @@ whatever the backend:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from agentsync.protocol import Event
 
@@ -156,3 +157,14 @@ class Store(Protocol):
         """Keep ``snapshot`` as the session's latest if it is newer than the stored one."""
 
     async def load_snapshot(self, session_id: str) -> Snapshot | None: ...
+
+
+def resolve(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    """Answer a write's caller: its result, or the exception (``ok`` False). A caller that
+    was cancelled is skipped; the write happened (or not) regardless."""
+    if future.done():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)

@@ -40,7 +40,7 @@ import asyncpg
 import orjson
 
 from agentsync.protocol import Event, Unavailable
-from agentsync.store.base import SeqConflict, SessionArchived, tombstone_key
+from agentsync.store.base import SeqConflict, SessionArchived, resolve, tombstone_key
 
 T = TypeVar("T")
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
@@ -84,15 +84,6 @@ def unavailable(exc: BaseException) -> Unavailable:
     err = Unavailable(f"the PostgreSQL store failed: {type(exc).__name__}: {exc}")
     err.__cause__ = exc
     return err
-
-
-def _resolve(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if future.done():  # the caller was cancelled; the write happened (or not) regardless
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
 
 
 @dataclass(slots=True)
@@ -273,7 +264,7 @@ class GroupWriter:
             else:
                 self.commits += 1
             for job, (ok, value) in zip(group, outcomes, strict=True):
-                _resolve(job.future, ok, value)
+                resolve(job.future, ok, value)
 
     def _take_group(self) -> list[_Job]:
         """The next jobs in queue order, within the limits of one transaction."""

@@ -30,7 +30,13 @@ from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
 
 from agentsync.protocol import now_ms
-from agentsync.store.base import SeqConflict, SessionArchived, Snapshot, tombstone_key
+from agentsync.store.base import (
+    SeqConflict,
+    SessionArchived,
+    Snapshot,
+    resolve,
+    tombstone_key,
+)
 
 T = TypeVar("T")
 
@@ -57,13 +63,7 @@ def _resolve_all(batch: list[tuple[Job[Any], bool, Any]]) -> None:
     for job, ok, value in batch:
         if ok and job.committed is not None:
             job.committed(value)
-        future = job.future
-        if future.done():  # the caller was cancelled; the write happened (or not) anyway
-            continue
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+        resolve(job.future, ok, value)
 
 
 def connect(path: Path, synchronous: str) -> sqlite3.Connection:
