@@ -258,9 +258,12 @@ def create_app(node: Node) -> ASGIApp:
     app.state.limits = node.limits
     app.state.draining = False
     # The Guard admits every request; appends (the hot path) are answered before
-    # Starlette's own middleware and router, the rest by the app.
+    # Starlette's own middleware and router (straight from the Guard when no CORS
+    # applies), the rest by the app.
     appends = durable_streams.Appends(app, node.streams)
-    return Guard(appends, config=node.config, limits=node.limits, metrics=node.metrics)
+    return Guard(
+        appends, config=node.config, limits=node.limits, metrics=node.metrics, direct=appends
+    )
 
 
 class _Server(uvicorn.Server):

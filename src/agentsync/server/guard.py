@@ -15,7 +15,7 @@ import ipaddress
 import logging
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
@@ -133,13 +133,39 @@ SECURITY_HEADERS = (
 CROSS_ORIGIN_RESOURCE = (b"cross-origin-resource-policy", b"cross-origin")
 
 
+class DirectRoute(Protocol):
+    """Requests the Guard hands over without wrapping ``send`` (the append hot path):
+    ``route`` names the target of a request it serves, ``serve`` answers it and adds
+    ``extra_headers`` (the security headers) to its response itself."""
+
+    def route(self, scope: Scope) -> str | None: ...
+
+    async def serve(
+        self,
+        target: str,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        extra_headers: tuple[tuple[bytes, bytes], ...],
+    ) -> None: ...
+
+
 class Guard:
     """The one middleware: admission (above), CORS for requests that carry an Origin,
     and the security headers every response carries. One layer instead of three keeps
-    the per-request cost down on the append path."""
+    the per-request cost down on the append path; ``direct`` (appends) skips even the
+    wrapping of ``send`` when no CORS applies."""
 
-    def __init__(self, app: ASGIApp, config: Config, limits: AddressLimits, metrics: Metrics):
+    def __init__(
+        self,
+        app: ASGIApp,
+        config: Config,
+        limits: AddressLimits,
+        metrics: Metrics,
+        direct: DirectRoute | None = None,
+    ):
         self.app = app
+        self.direct = direct
         cors = [o.strip() for o in config.cors_origins.split(",") if o.strip()]
         self.cors: ASGIApp = CORSMiddleware(
             app,
@@ -201,9 +227,14 @@ class Guard:
             return
         app = self.app
         if kind == "http":
-            send = _with_security_headers(send, durable_stream)
             if _header(scope, b"origin") is not None:
                 app = self.streams_cors if durable_stream else self.cors
+            elif durable_stream and not streaming and self.direct is not None:
+                target = self.direct.route(scope)
+                if target is not None:
+                    await self.direct.serve(target, scope, receive, send, STREAM_SECURITY_HEADERS)
+                    return
+            send = _with_security_headers(send, durable_stream)
         if not streaming:
             await app(scope, receive, send)
             return

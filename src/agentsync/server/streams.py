@@ -163,65 +163,94 @@ async def create(request: Request) -> Response:
 
 
 class Appends:
-    """ASGI layer between the Guard and the app: ``POST /v1/stream/{path}`` (but not the
-    read-only ``sessions/{id}`` route) is answered here, without Starlette's middleware,
-    router, ``Request`` or ``Response``; everything else passes on to ``app``."""
+    """``POST /v1/stream/{path}`` (but not the read-only ``sessions/{id}`` route),
+    answered from the raw ASGI scope, without Starlette's middleware, router,
+    ``Request`` or ``Response``. The Guard calls :meth:`serve` directly for a request
+    without an ``Origin`` (no CORS to apply); as an ASGI app it also sits in front of
+    the Starlette app for the rest, passing on everything but appends."""
 
     def __init__(self, app: ASGIApp, streams: StreamManager) -> None:
         self.app = app
         self.streams = streams
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            route_path: str = scope["path"]
-            root = scope.get("root_path", "")
-            if root and route_path.startswith(root):
-                route_path = route_path[len(root) :]
-            if route_path.startswith(ROUTE_PREFIX):
-                path = route_path[len(ROUTE_PREFIX) :]
-                if not SESSION_ROUTE.match(path):
-                    await _append_asgi(self.streams, path, scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
+        path = self.route(scope)
+        if path is None:
+            await self.app(scope, receive, send)
+        else:
+            await self.serve(path, scope, receive, send)
+
+    def route(self, scope: Scope) -> str | None:
+        """The stream path of an append, else None (not ours)."""
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return None
+        route_path: str = scope["path"]
+        root = scope.get("root_path", "")
+        if root and route_path.startswith(root):
+            route_path = route_path[len(root) :]
+        if not route_path.startswith(ROUTE_PREFIX):
+            return None
+        path = route_path[len(ROUTE_PREFIX) :]
+        return None if SESSION_ROUTE.match(path) else path
+
+    async def serve(
+        self,
+        path: str,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        extra_headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
+        """Answer the append to ``path``, adding ``extra_headers`` to the response. One
+        coroutine from the request to the store's future: this is the hot path."""
+        manager = self.streams
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:  # the first of repeated headers, as Starlette
+            headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+        try:
+            checked_path(path)
+            authorize_write(manager.config, headers)
+            limit = manager.config.max_body_bytes
+            body = await receive_body(receive, headers.get("content-length"), limit)
+            req = append_request(headers, body)
+            appended = await manager.append(path, req)
+        except StreamError as err:
+            await _send_response(error_response(err), scope, receive, send, extra_headers)
+            return
+        except AgentsyncError as err:  # e.g. the body is too large
+            manager.metrics.rejected.labels(err.code).inc()
+            await _send_response(agentsync_error_response(err), scope, receive, send, extra_headers)
+            return
+        except Exception:  # as the app's handler for the routes it serves
+            log.exception("unexpected error on POST %s", scope["path"])
+            await _send_response(internal_error_response(), scope, receive, send, extra_headers)
+            return
+        status = rules.append_status(req, appended.outcome)
+        out = rules.append_headers(appended.state, req, appended.outcome)
+        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in out.items()]
+        if status != 204:
+            raw.append((b"content-length", b"0"))
+        raw.extend(extra_headers)
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": b""})
 
 
 SESSION_ROUTE: Final = re.compile(r"sessions/[^/]+\Z")  # stream_sessions' route
 
 
-async def _append_asgi(
-    manager: StreamManager, path: str, scope: Scope, receive: Receive, send: Send
+async def _send_response(
+    response: Response,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    extra_headers: tuple[tuple[bytes, bytes], ...],
 ) -> None:
-    headers: dict[str, str] = {}
-    for name, value in scope["headers"]:  # the first of repeated headers, as Starlette
-        headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
-    try:
-        checked_path(path)
-        authorize_write(manager.config, headers)
-        limit = manager.config.max_body_bytes
-        body = await receive_body(receive, headers.get("content-length"), limit)
-        status, out = await append(manager, path, headers, body)
-    except StreamError as err:
-        await error_response(err)(scope, receive, send)
-        return
-    except AgentsyncError as err:  # e.g. the body is too large
-        manager.metrics.rejected.labels(err.code).inc()
-        await agentsync_error_response(err)(scope, receive, send)
-        return
-    except Exception:  # as the app's handler for the routes it serves
-        log.exception("unexpected error on POST %s", scope["path"])
-        await internal_error_response()(scope, receive, send)
-        return
-    raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in out.items()]
-    if status != 204:
-        raw.append((b"content-length", b"0"))
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": b""})
+    response.raw_headers.extend(extra_headers)
+    await response(scope, receive, send)
 
 
-async def append(
-    manager: StreamManager, path: str, headers: Mapping[str, str], body: bytes
-) -> tuple[int, dict[str, str]]:
-    """An append's status and headers; refusals raise StreamError."""
+def append_request(headers: Mapping[str, str], body: bytes) -> AppendRequest:
+    """The append a POST asks for; refusals of its headers raise StreamError."""
     producer = rules.parse_producer(
         headers.get("producer-id"), headers.get("producer-epoch"), headers.get("producer-seq")
     )
@@ -231,20 +260,16 @@ async def append(
     if not body:
         if not close:
             raise rules.bad_request("an append needs a body (or Stream-Closed: true)")
-        req = AppendRequest(None, content_type, stream_seq, producer, close=True)
-    else:
-        if content_type is None:
-            raise rules.bad_request("an append needs a Content-Type")
-        unit, body_error = body, None
-        if rules.is_json(content_type):
-            try:
-                unit = rules.json_unit(body, initial=False)
-            except StreamError as err:
-                body_error = err  # refused inside the job, after closed/type/producer
-        req = AppendRequest(unit, content_type, stream_seq, producer, close, body_error)
-    appended = await manager.append(path, req)
-    status = rules.append_status(req, appended.outcome)
-    return status, rules.append_headers(appended.state, req, appended.outcome)
+        return AppendRequest(None, content_type, stream_seq, producer, close=True)
+    if content_type is None:
+        raise rules.bad_request("an append needs a Content-Type")
+    unit, body_error = body, None
+    if rules.is_json(content_type):
+        try:
+            unit = rules.json_unit(body, initial=False)
+        except StreamError as err:
+            body_error = err  # refused inside the job, after closed/type/producer
+    return AppendRequest(unit, content_type, stream_seq, producer, close, body_error)
 
 
 async def delete(request: Request) -> Response:

@@ -115,7 +115,7 @@ def _row_moved(before: StreamState, after: StreamState) -> bool:
     )
 
 
-Futures = list["asyncio.Future[Result]"]
+Futures = list["asyncio.Future[Appended]"]
 
 
 class AppendQueue:
@@ -124,19 +124,18 @@ class AppendQueue:
 
     def __init__(self, submit: Callable[[list[AppendItem], Futures], None]) -> None:
         self._submit = submit
-        self._waiting: list[tuple[AppendItem, asyncio.Future[Result]]] = []
+        self._waiting: list[tuple[AppendItem, asyncio.Future[Appended]]] = []
 
-    async def append(self, item: AppendItem) -> Appended:
+    def append(self, item: AppendItem) -> asyncio.Future[Appended]:
+        """The append's answer, once its batch commits: Appended, or the StreamError
+        that refused it. A plain future, not a coroutine: the append path awaits it
+        directly (each coroutine level costs the hot path a frame per resume)."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Result] = loop.create_future()
+        future: asyncio.Future[Appended] = loop.create_future()
         if not self._waiting:
             loop.call_soon(self.flush)
         self._waiting.append((item, future))
-        _changes, answer = await future
-        if isinstance(answer, StreamError):
-            raise answer
-        appended: Appended = answer
-        return appended
+        return future
 
     def flush(self) -> None:
         waiting, self._waiting = self._waiting, []
@@ -155,7 +154,11 @@ def answer_all(futures: Futures, results: list[Result], heard: Callable[[Result]
     for result, future in zip(results, futures, strict=True):
         heard(result)
         if not future.done():
-            future.set_result(result)
+            answer = result[1]
+            if isinstance(answer, StreamError):
+                future.set_exception(answer)
+            else:
+                future.set_result(answer)
 
 
 def fail_unless_committed(futures: Futures) -> Callable[[asyncio.Future[Any]], None]:

@@ -468,12 +468,12 @@ class PostgresStreamStore:
         result: Created = await self._job(lambda conn: _create(conn, path, req, times), path)
         return result
 
-    async def append(
+    def append(
         self, path: str, req: AppendRequest, now_ms: int, accessed_ms: int
-    ) -> Appended:
+    ) -> asyncio.Future[Appended]:
         """Appends made in one turn of the event loop go to the writer as one job, holding
         the locks of all their streams (see _append_batch); each gets its own answer."""
-        return await self._appends.append((path, req, now_ms, accessed_ms))
+        return self._appends.append((path, req, now_ms, accessed_ms))
 
     def _write_appends(self, items: list[AppendItem], futures: Futures) -> None:
         async def run(conn: Conn) -> list[Result]:

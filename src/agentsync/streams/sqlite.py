@@ -13,6 +13,7 @@ with the release of its source's reference and the cascade that follows, or none
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, TypeVar
@@ -538,12 +539,12 @@ class SQLiteStreamStore:
         )
         return result
 
-    async def append(
+    def append(
         self, path: str, req: AppendRequest, now_ms: int, accessed_ms: int
-    ) -> Appended:
+    ) -> asyncio.Future[Appended]:
         """Appends made in one turn of the event loop go to the writer as one job (see
         _append_batch); each still gets its own answer, in order."""
-        return await self._appends.append((path, req, now_ms, accessed_ms))
+        return self._appends.append((path, req, now_ms, accessed_ms))
 
     def _write_appends(self, items: list[AppendItem], futures: Futures) -> None:
         def run(conn: sqlite3.Connection) -> Result:

@@ -17,7 +17,7 @@ Contract every backend keeps:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -71,10 +71,11 @@ class StreamStore(Protocol):
         for forks 404 no source, 409 source soft-deleted or content type, 400 offsets);
         a refused fork takes no reference on its source."""
 
-    async def append(
+    def append(
         self, path: str, req: AppendRequest, now_ms: int, accessed_ms: int
-    ) -> Appended:
-        """Decide and apply one append or close. Raises StreamError (404 for a missing
+    ) -> Awaitable[Appended]:
+        """Decide and apply one append or close (an awaitable, so that a store can hand
+        out a future without a coroutine around it). Raises StreamError (404 for a missing
         or expired stream, and the refusals of :func:`rules.decide_append`)."""
 
     async def delete(self, path: str, now_ms: int, accessed_ms: int) -> None:
