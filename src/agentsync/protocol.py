@@ -16,6 +16,8 @@ from typing import Any, Final
 import orjson
 from websockets.frames import Frame, Opcode
 
+from agentsync.values import value
+
 # --- close codes -----------------------------------------------------------------------
 # 4000-4499: "reconnect and resume from (epoch, seq)". 4500-4999: "do not retry".
 CLOSE_SERVER_SHUTDOWN: Final = 4000
@@ -139,9 +141,8 @@ def new_event_id() -> str:
     return f"{_EVENT_ID_PREFIX}.{next(_event_counter):x}"
 
 
-# Not frozen: a frozen dataclass's __init__ costs a setattr call per field, and these
-# are made for every event on the ingest path. Treat them as immutable all the same.
-@dataclass(slots=True)
+# @value, not frozen: these are made for every event on the ingest path.
+@value
 class NewEvent:
     """An event as a writer submitted it, validated, before it has a seq."""
 

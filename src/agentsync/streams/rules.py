@@ -32,6 +32,7 @@ from typing import Any, Final
 import orjson
 
 from agentsync.protocol import AgentsyncError
+from agentsync.values import value
 
 OFFSET_WIDTH: Final = 16
 START: Final = 0  # the seq before the first unit
@@ -175,7 +176,7 @@ def parse_expires_at(value: str | None) -> int | None:
     return int(when.timestamp() * 1000)
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Producer:
     """An idempotent producer's claim on one append: ``(id, epoch, seq)``."""
 
@@ -275,7 +276,7 @@ class ForkRequest:
     sub_offset: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class StreamState:
     """One stream as its store row holds it. ``id`` changes with every (re-)creation, so a
     re-created path never matches old ETags or producer state."""
@@ -353,7 +354,7 @@ def created_headers(state: StreamState) -> dict[str, str]:
     return headers
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class AppendRequest:
     """A POST, checked for form by the edge. ``unit`` None means close-only (empty body
     with ``Stream-Closed: true``); ``body_error`` is a body the edge could not turn into a
@@ -367,13 +368,13 @@ class AppendRequest:
     body_error: StreamError | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ProducerState:
     epoch: int
     seq: int  # the highest seq accepted in this epoch
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Write:
     """Accepted: store ``unit`` (if any) as the next unit, then the rest, atomically."""
 
@@ -383,7 +384,7 @@ class Write:
     close: bool
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Duplicate:
     """An idempotent producer's retry of an append the stream already holds: 204,
     nothing stored. ``seq`` is the highest accepted, not the request's."""

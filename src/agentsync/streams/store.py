@@ -29,6 +29,7 @@ from agentsync.streams.rules import (
     StreamState,
     Write,
 )
+from agentsync.values import value
 
 Listener = Callable[[str, StreamState | None], None]
 
@@ -39,7 +40,7 @@ class Created:
     new: bool  # False: it existed with the same configuration (200, not 201)
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Appended:
     state: StreamState  # after the append
     outcome: Write | Duplicate
