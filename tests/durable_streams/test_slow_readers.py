@@ -1,7 +1,7 @@
 """SPEC §2.6 for Durable Streams SSE: a reader that stops reading neither stalls the
 stream's writer nor its other readers, is cut off once its socket has taken nothing for
 ``--stream-stall-seconds``, and resumes from the offset of the last control event it got
-with nothing lost or doubled."""
+with nothing lost or doubled. Both for a stream and for a session read as one."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ from typing import Any
 import httpx
 import orjson
 import psutil
+
+from durable_streams.test_sessions import read_stream
+from e2e._support import append, create_share, message, read_log
 
 UNIT = 32 * 1024
 UNITS = 400  # 12.5 MiB: far more than the kernel's socket buffers hold for a stalled reader
@@ -61,6 +64,19 @@ def text_and_offset(events: list[tuple[str, str]]) -> tuple[bytes, str]:
             text, pending = text + pending, b""
             offset = orjson.loads(data)["streamNextOffset"]
     return text, offset
+
+
+def items_and_offset(events: list[tuple[str, str]]) -> tuple[list[Any], str]:
+    """As :func:`text_and_offset`, for a JSON stream: the messages of the data events."""
+    items: list[Any] = []
+    offset, pending = "-1", []
+    for kind, data in events:
+        if kind == "data":
+            pending += orjson.loads(data)
+        elif kind == "control":
+            items, pending = items + pending, []
+            offset = orjson.loads(data)["streamNextOffset"]
+    return items, offset
 
 
 def stalled_reader(port: int, path: str) -> socket.socket:
@@ -149,4 +165,37 @@ async def test_a_stalled_sse_reader_is_cut_off_and_resumes(server_factory: Any) 
         metrics = (await http.get("/metrics")).text
         assert "agentsync_slow_consumers_total 1.0" in metrics
     assert "cut off an SSE reader of /v1/stream/slow-readers" in srv.logs()
+    assert "ASGI callable returned" not in srv.logs()
+
+
+async def test_a_stalled_session_reader_is_cut_off_and_resumes(server_factory: Any) -> None:
+    """The same for ``/v1/stream/sessions/{id}``, fed by the session's own appends."""
+    srv = server_factory(rate_limit=0, stream_stall_seconds=STALL_SECONDS, log_level="info")
+    async with httpx.AsyncClient(base_url=srv.url, timeout=30.0) as http:
+        share = await create_share(http)
+        path = f"/v1/stream/sessions/{share['session_id']}"
+        stalled = stalled_reader(srv.port, path)
+        events = [message(f"m{i}", unit(i).decode()) for i in range(UNITS)]
+        for i in range(0, UNITS, 10):
+            started = time.monotonic()
+            await append(http, share, events[i : i + 10])
+            took = time.monotonic() - started
+            assert took < 1.0, f"an append took {took:.2f}s with a stalled reader attached"
+        log = await read_log(http, share["session_id"])
+        assert len(log) == UNITS
+
+        await asyncio.sleep(2 * STALL_SECONDS + 1)  # as above: let the cut-off happen first
+        raw = await asyncio.to_thread(read_to_eof, stalled, 10 * STALL_SECONDS + 10)
+        stalled.close()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        got, offset = items_and_offset(sse_events(dechunk(body)))
+        assert 0 < len(got) < UNITS, "the stalled reader was not cut off mid-stream"
+        assert got == log[: len(got)]  # in order, no gap, no duplicate
+
+        rest, _, _ = await read_stream(http, path, offset)
+        assert got + rest == log
+        metrics = (await http.get("/metrics")).text
+        assert "agentsync_slow_consumers_total 1.0" in metrics
+    assert f"cut off an SSE reader of {path}" in srv.logs()
     assert "ASGI callable returned" not in srv.logs()
