@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -271,9 +272,13 @@ async def test_a_chain_of_forks_ends_at_the_lineage_limit(manager: StreamManager
 
 
 async def test_lookups_of_missing_paths_are_not_cached(manager: StreamManager) -> None:
+    store: Any = manager.store
+    commits = store.store.commits
     for i in range(200):
         with pytest.raises(StreamError):
             await manager.current(f"missing/{i}")
     assert not any(path.startswith("missing/") for path in manager.entries)
+    # A read told them apart: no writer job, so a scan never queues behind appends.
+    assert store.store.commits == commits
     await manager.create("missing/7", TEXT)  # and a later create is seen at once
     assert (await manager.current("missing/7"))[1].tail == 0

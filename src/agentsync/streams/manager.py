@@ -200,7 +200,7 @@ class StreamManager:
         if live is None:
             live = LiveStream(path)
             self.entries[path] = live
-            live.loading = asyncio.ensure_future(store.load(path))
+            live.loading = asyncio.ensure_future(_first_load(store, path))
             self._evict()
         elif self.shared and live.loading is None:
             live.loading = asyncio.ensure_future(store.load(path))
@@ -468,3 +468,14 @@ class StreamManager:
                 removed += 1
                 self._notice(path, -1)
         return removed
+
+
+async def _first_load(store: StreamStore, path: str) -> StreamState | None:
+    """Load a path the cache did not hold. A read first: a path without a row (a scan, a
+    typo in a loop) then costs no writer job, so such lookups never queue behind appends.
+    Its entry stays empty unless a create commits meanwhile, which the listener (every
+    commit, in order, for cached paths) puts in it; a row the read saw committed before
+    the entry existed is loaded through the writer as before, ordered with the writes."""
+    if not await store.has_row(path):
+        return None
+    return await store.load(path)

@@ -456,6 +456,12 @@ class PostgresStreamStore:
         result: StreamState | None = await self._job(lambda conn: _load(conn, path), None)
         return result
 
+    async def has_row(self, path: str) -> bool:
+        async def run(conn: PoolConn) -> bool:
+            return await conn.fetchval("SELECT 1 FROM streams WHERE path = $1", path) is not None
+
+        return await self.store._read(run)
+
     async def create(
         self,
         path: str,

@@ -225,6 +225,9 @@ def _current(
     return state
 
 
+HAS_ROW: Final = "SELECT 1 FROM streams WHERE path = ?"
+
+
 def _insert_unit(conn: sqlite3.Connection, stream_id: int, seq: int, data: bytes) -> None:
     conn.execute(INSERT_UNIT, (stream_id, seq, data))
 
@@ -525,6 +528,12 @@ class SQLiteStreamStore:
 
         result: StreamState | None = await self._job(run)
         return result
+
+    async def has_row(self, path: str) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            return conn.execute(HAS_ROW, (path,)).fetchone() is not None
+
+        return await self.store._read(run)
 
     async def create(
         self,

@@ -58,6 +58,10 @@ class StreamStore(Protocol):
     async def load(self, path: str) -> StreamState | None:
         """The stream's row, ordered after every write submitted before."""
 
+    async def has_row(self, path: str) -> bool:
+        """Whether ``path`` has a row (live, expired or soft-deleted), read outside the
+        writer: a cheap first look before :meth:`load`, which is ordered with writes."""
+
     async def create(
         self,
         path: str,
