@@ -5,7 +5,9 @@ Theory of operation:
 * The store is the authority. Every state this node holds of a stream came from a store
   job, applied by the store's listener in commit order (store.py), and a cache miss loads
   through the same ordered queue: so the cache never runs behind what a caller of this
-  node has been told, and reads-your-writes holds.
+  node has been told, and reads-your-writes holds. Only a path with no row at all is
+  told apart by a plain read first (``_first_load``), so lookups of missing paths take
+  no writer job.
 * Long-poll and SSE readers wait on a stream's ``changed`` future, signalled whenever its
   tail, closure or existence changes. An entry with waiters is never evicted.
 * On a store several nodes share (``store.shared``: PostgreSQL), other nodes' commits reach
