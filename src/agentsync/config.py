@@ -185,6 +185,10 @@ class Config:
             "is cut off (it resumes from its offset)"
         },
     )
+    keep_alive_seconds: float = dataclasses.field(
+        default=5.0,
+        metadata={"help": "idle HTTP connections are closed after this (longer than a proxy's)"},
+    )
     gil_switch_ms: float = dataclasses.field(
         default=0.5, metadata={"help": "Python's thread switch interval (latency vs. CPU)"}
     )

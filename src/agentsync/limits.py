@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import Any, ClassVar
 
 from agentsync.config import Config
 from agentsync.protocol import RateLimited, TooManyConnections
@@ -50,6 +50,8 @@ class TokenBucket:
 
 class RateLimiter:
     """One bucket per key (a session, an address), the least recently used forgotten."""
+
+    shared: ClassVar[bool] = False  # only ``acheck`` sees a limit shared between nodes
 
     def __init__(self, rate: float, burst: float, *, what: str, max_keys: int = 100_000) -> None:
         self.rate = rate
@@ -106,6 +108,8 @@ return '0'
 
 class RedisRateLimiter(RateLimiter):
     """The same limit for every node of a cluster (see the module docstring)."""
+
+    shared = True
 
     def __init__(self, rate: float, burst: float, *, what: str, redis: Any, prefix: str) -> None:
         super().__init__(rate, burst, what=what)

@@ -24,7 +24,6 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.types import ASGIApp
 
 from agentsync.archive.base import Archive
 from agentsync.bus.base import Bus
@@ -36,6 +35,7 @@ from agentsync.protocol import AgentsyncError, BadRequest, NotFound
 from agentsync.server import admin, http, openapi, opencode, stream_sessions, ws
 from agentsync.server import streams as durable_streams
 from agentsync.server.guard import Guard, mask_tokens
+from agentsync.server.httpproto import direct_http_protocol
 from agentsync.server.web import routes as web
 from agentsync.server.wsproto import AgentsyncWebSocketProtocol
 from agentsync.store.base import Store
@@ -192,7 +192,7 @@ def tune_gc() -> None:
     gc.set_threshold(GC_THRESHOLD, 20, 20)
 
 
-def create_app(node: Node) -> ASGIApp:
+def create_app(node: Node) -> Guard:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await node.hub.start()
@@ -284,14 +284,14 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def uvicorn_config(node: Node, app: ASGIApp) -> uvicorn.Config:
+def uvicorn_config(node: Node, app: Guard) -> uvicorn.Config:
     config = node.config
     return uvicorn.Config(
         app,
         host=config.host,
         port=config.port,
         ws=AgentsyncWebSocketProtocol,
-        http="httptools",
+        http=direct_http_protocol(app),  # httptools, with appends answered without a task
         loop="uvloop" if _has_uvloop() else "asyncio",
         ws_per_message_deflate=config.ws_compression,
         ws_max_size=config.max_frame_bytes,
@@ -301,6 +301,7 @@ def uvicorn_config(node: Node, app: ASGIApp) -> uvicorn.Config:
         log_level=config.log_level,
         access_log=config.log_level == "debug",
         timeout_graceful_shutdown=10,
+        timeout_keep_alive=config.keep_alive_seconds,  # type: ignore[arg-type]  # a float works
     )
 
 

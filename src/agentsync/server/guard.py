@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
@@ -133,10 +133,16 @@ SECURITY_HEADERS = (
 CROSS_ORIGIN_RESOURCE = (b"cross-origin-resource-policy", b"cross-origin")
 
 
+RawResponse = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, headers, body
+Respond = Callable[[RawResponse], None]
+
+
 class DirectRoute(Protocol):
-    """Requests the Guard hands over without wrapping ``send`` (the append hot path):
-    ``route`` names the target of a request it serves, ``serve`` answers it and adds
-    ``extra_headers`` (the security headers) to its response itself."""
+    """Requests answered without the ASGI app (the append hot path). ``route`` names the
+    target of a request it serves. The Guard calls ``serve`` without wrapping ``send``;
+    the HTTP protocol (:mod:`.httpproto`) calls ``start`` with the whole body, and it
+    calls ``respond`` once, perhaps later, from a callback. Both leave the security
+    headers to their caller."""
 
     def route(self, scope: Scope) -> str | None: ...
 
@@ -147,6 +153,10 @@ class DirectRoute(Protocol):
         receive: Receive,
         send: Send,
         extra_headers: tuple[tuple[bytes, bytes], ...],
+    ) -> None: ...
+
+    def start(
+        self, target: str, headers: Mapping[str, str], body: bytes, respond: Respond
     ) -> None: ...
 
 
@@ -242,6 +252,28 @@ class Guard:
             await app(scope, receive, send)
         finally:
             self.limits.connections.release(address)
+
+    def direct_target(self, scope: Scope) -> str | None:
+        """The target of a request that ``direct`` may answer outside ASGI (an append
+        without an ``Origin``), admitted here and now; else None, and ``__call__``
+        takes the request (and refuses it if it is over its limit). A limit shared
+        through Redis is checked only there: it needs a round trip."""
+        direct = self.direct
+        requests = self.limits.requests
+        if direct is None or (requests.shared and requests.enabled):
+            return None
+        if _header(scope, b"origin") is not None or _live_read(scope.get("query_string", b"")):
+            return None
+        target = direct.route(scope)
+        if target is None:
+            return None
+        address = client_address(scope, self.trusted)
+        try:
+            requests.check(address)
+        except AgentsyncError:
+            return None
+        scope.setdefault("state", {})["client_address"] = address
+        return target
 
 
 SECURITY_NAMES = frozenset(name for name, _ in (*SECURITY_HEADERS, CROSS_ORIGIN_RESOURCE))

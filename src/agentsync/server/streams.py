@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import hmac
 import logging
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Final
 
 import orjson
@@ -35,7 +36,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from agentsync import auth
 from agentsync.config import Config
 from agentsync.metrics import Metrics
-from agentsync.protocol import AgentsyncError, now_ms
+from agentsync.protocol import AgentsyncError, PayloadTooLarge, Unavailable, now_ms
+from agentsync.server.guard import RawResponse, Respond
 from agentsync.server.http import error_response as agentsync_error_response
 from agentsync.server.http import internal_error_response, read_body, receive_body
 from agentsync.streams import forks, rules
@@ -47,6 +49,7 @@ from agentsync.streams.rules import (
     StreamError,
     StreamState,
 )
+from agentsync.streams.store import Appended
 
 MAX_READ_BYTES: Final = 1024 * 1024  # a catch-up response holds at least one unit
 SSE_MAX_SECONDS: Final = 60.0  # then the client reconnects from its offset (CDN friendly)
@@ -201,52 +204,86 @@ class Appends:
         send: Send,
         extra_headers: tuple[tuple[bytes, bytes], ...] = (),
     ) -> None:
-        """Answer the append to ``path``, adding ``extra_headers`` to the response. One
-        coroutine from the request to the store's future: this is the hot path."""
-        manager = self.streams
-        headers: dict[str, str] = {}
-        for name, value in scope["headers"]:  # the first of repeated headers, as Starlette
-            headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+        """Answer the append to ``path`` over ASGI, adding ``extra_headers`` to the
+        response. (Most appends do not come this way: the HTTP protocol answers them
+        from :meth:`begin`'s future without a task, see :mod:`.httpproto`.)"""
+        headers = header_map(scope["headers"])
         try:
-            checked_path(path)
-            authorize_write(manager.config, headers)
-            limit = manager.config.max_body_bytes
+            limit = self.streams.config.max_body_bytes
             body = await receive_body(receive, headers.get("content-length"), limit)
-            req = append_request(headers, body)
-            appended = await manager.append(path, req)
-        except StreamError as err:
-            await _send_response(error_response(err), scope, receive, send, extra_headers)
+            req, future = self.begin(path, headers, body)
+            appended = await future
+        except Exception as err:
+            status, raw, content = self.refusal(err, scope["path"])
+        else:
+            status, raw, content = self.answer(req, appended)
+        raw.extend(extra_headers)
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": content})
+
+    def begin(
+        self, path: str, headers: Mapping[str, str], body: bytes
+    ) -> tuple[AppendRequest, asyncio.Future[Appended]]:
+        """Check and start the append; refusals of the request itself raise."""
+        checked_path(path)
+        config = self.streams.config
+        authorize_write(config, headers)
+        if len(body) > config.max_body_bytes:
+            raise PayloadTooLarge(f"the body exceeds the limit of {config.max_body_bytes} bytes")
+        req = append_request(headers, body)
+        return req, self.streams.append_soon(path, req)
+
+    def start(self, path: str, headers: Mapping[str, str], body: bytes, respond: Respond) -> None:
+        """:meth:`serve` without ASGI, for the HTTP protocol: ``respond`` gets the
+        response from the store future's done callback, no task in between."""
+        try:
+            req, future = self.begin(path, headers, body)
+        except Exception as err:
+            respond(self.refusal(err, path))
             return
-        except AgentsyncError as err:  # e.g. the body is too large
-            manager.metrics.rejected.labels(err.code).inc()
-            await _send_response(agentsync_error_response(err), scope, receive, send, extra_headers)
-            return
-        except Exception:  # as the app's handler for the routes it serves
-            log.exception("unexpected error on POST %s", scope["path"])
-            await _send_response(internal_error_response(), scope, receive, send, extra_headers)
-            return
+        future.add_done_callback(functools.partial(self._finish, path, req, respond))
+
+    def _finish(
+        self, path: str, req: AppendRequest, respond: Respond, done: asyncio.Future[Appended]
+    ) -> None:
+        if done.cancelled():
+            respond(self.refusal(Unavailable("the server is shutting down; retry"), path))
+        elif (error := done.exception()) is not None:
+            respond(self.refusal(error, path))
+        else:
+            respond(self.answer(req, done.result()))
+
+    @staticmethod
+    def answer(req: AppendRequest, appended: Appended) -> RawResponse:
         status = rules.append_status(req, appended.outcome)
         out = rules.append_headers(appended.state, req, appended.outcome)
         raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in out.items()]
         if status != 204:
             raw.append((b"content-length", b"0"))
-        raw.extend(extra_headers)
-        await send({"type": "http.response.start", "status": status, "headers": raw})
-        await send({"type": "http.response.body", "body": b""})
+        return status, raw, b""
+
+    def refusal(self, err: BaseException, target: str) -> RawResponse:
+        """The response to an append that failed with ``err``."""
+        if isinstance(err, StreamError):
+            response = error_response(err)
+        elif isinstance(err, AgentsyncError):  # e.g. the body is too large
+            self.streams.metrics.rejected.labels(err.code).inc()
+            response = agentsync_error_response(err)
+        else:  # as the app's handler for the routes it serves
+            log.error("unexpected error on POST %s", target, exc_info=err)
+            response = internal_error_response()
+        return response.status_code, list(response.raw_headers), bytes(response.body)
+
+
+def header_map(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Request headers by lower-case name; the first of repeated ones, as Starlette."""
+    headers: dict[str, str] = {}
+    for name, value in raw:
+        headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+    return headers
 
 
 SESSION_ROUTE: Final = re.compile(r"sessions/[^/]+\Z")  # stream_sessions' route
-
-
-async def _send_response(
-    response: Response,
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    extra_headers: tuple[tuple[bytes, bytes], ...],
-) -> None:
-    response.raw_headers.extend(extra_headers)
-    await response(scope, receive, send)
 
 
 def append_request(headers: Mapping[str, str], body: bytes) -> AppendRequest:

@@ -297,16 +297,29 @@ class StreamManager:
         return created
 
     async def append(self, path: str, req: AppendRequest) -> Appended:
+        return await self.append_soon(path, req)
+
+    def append_soon(self, path: str, req: AppendRequest) -> asyncio.Future[Appended]:
+        """:meth:`append` as the store's future, for callers that answer from a done
+        callback (the HTTP protocol's append path); the cache and metrics are updated
+        by a callback registered first, so they are current when the caller's runs."""
         now = now_ms()
-        try:
-            appended = await self._require().append(path, req, now, self._hint(path))
-        except rules.StreamError:
-            self._refused.inc()
-            raise
+        future = self._require().append(path, req, now, self._hint(path))
+        future.add_done_callback(lambda done: self._appended(path, now, done))
+        return future
+
+    def _appended(self, path: str, now: int, done: asyncio.Future[Appended]) -> None:
+        if done.cancelled():
+            return
+        error = done.exception()
+        if error is not None:
+            if isinstance(error, rules.StreamError):
+                self._refused.inc()
+            return
+        appended = done.result()
         self._counted[type(appended.outcome)].inc()
         self._wrote(path, now)
         self._notice(path, appended.state.tail)
-        return appended
 
     async def delete(self, path: str) -> None:
         """Raises StreamError 404 or 410 (see :meth:`StreamStore.delete`)."""

@@ -17,7 +17,8 @@ Contract every backend keeps:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import asyncio
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -78,10 +79,11 @@ class StreamStore(Protocol):
 
     def append(
         self, path: str, req: AppendRequest, now_ms: int, accessed_ms: int
-    ) -> Awaitable[Appended]:
-        """Decide and apply one append or close (an awaitable, so that a store can hand
-        out a future without a coroutine around it). Raises StreamError (404 for a missing
-        or expired stream, and the refusals of :func:`rules.decide_append`)."""
+    ) -> asyncio.Future[Appended]:
+        """Decide and apply one append or close: a future, not a coroutine, so that the
+        HTTP protocol can answer from its callback without a task. It fails with
+        StreamError (404 for a missing or expired stream, and the refusals of
+        :func:`rules.decide_append`)."""
 
     async def delete(self, path: str, now_ms: int, accessed_ms: int) -> None:
         """Soft-delete the stream if forks hold references on it, else remove it (units,
