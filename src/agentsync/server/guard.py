@@ -139,7 +139,7 @@ Respond = Callable[[RawResponse], None]
 
 class DirectRoute(Protocol):
     """Requests answered without the ASGI app (the append hot path). ``route`` names the
-    target of a request it serves. The Guard calls ``serve`` without wrapping ``send``;
+    stream path of a request it serves. The Guard calls ``serve`` without wrapping ``send``;
     the HTTP protocol (:mod:`.httpproto`) calls ``start`` with the whole body, and it
     calls ``respond`` once, perhaps later, from a callback. Both leave the security
     headers to their caller."""
@@ -148,7 +148,7 @@ class DirectRoute(Protocol):
 
     async def serve(
         self,
-        target: str,
+        path: str,
         scope: Scope,
         receive: Receive,
         send: Send,
@@ -156,7 +156,7 @@ class DirectRoute(Protocol):
     ) -> None: ...
 
     def start(
-        self, target: str, headers: Mapping[str, str], body: bytes, respond: Respond
+        self, path: str, headers: Mapping[str, str], body: bytes, respond: Respond
     ) -> None: ...
 
 
@@ -164,7 +164,8 @@ class Guard:
     """The one middleware: admission (above), CORS for requests that carry an Origin,
     and the security headers every response carries. One layer instead of three keeps
     the per-request cost down on the append path; ``direct`` (appends) skips even the
-    wrapping of ``send`` when no CORS applies."""
+    wrapping of ``send`` when no CORS applies, and :meth:`direct_target` admits the
+    appends the HTTP protocol answers without ASGI."""
 
     def __init__(
         self,

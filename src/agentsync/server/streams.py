@@ -10,9 +10,11 @@ Writes are open on a loopback bind; otherwise (or once ``--stream-key`` or
 ``--admin-key`` is set) they need ``Authorization: Bearer`` with one of those keys.
 Reads are open. Paths under ``sessions/`` and ``__ds/`` are reserved.
 
-Appends, the hot path, skip the router: :class:`Appends` sits in front of it and answers
-``POST /v1/stream/{path}`` from the raw ASGI scope. Starlette's route walk, ``Request`` and
-``Response`` cost as much CPU as the append itself (``bench/durable_streams.py``).
+Appends, the hot path, skip the router: :class:`Appends` answers ``POST /v1/stream/{path}``
+from the raw ASGI scope, in front of Starlette (whose route walk, ``Request`` and
+``Response`` cost as much CPU as the append itself), and most of them do not reach ASGI at
+all: the HTTP protocol (:mod:`agentsync.server.httpproto`) calls :meth:`Appends.start` with
+the parsed request and writes its answer from the store future's callback.
 """
 
 from __future__ import annotations
