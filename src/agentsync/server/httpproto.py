@@ -29,7 +29,12 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
-from agentsync.server.guard import STREAM_SECURITY_HEADERS, Guard, RawResponse
+from agentsync.server.guard import (
+    DURABLE_STREAMS_PREFIX,
+    STREAM_SECURITY_HEADERS,
+    Guard,
+    RawResponse,
+)
 from agentsync.server.streams import header_map
 
 Pending = tuple[RequestResponseCycle, str, dict[str, str]]
@@ -57,7 +62,9 @@ class DirectHttpProtocol(HttpToolsProtocol):
 
     def _take(self, cycle: RequestResponseCycle, app: Any) -> Pending | None:
         scope = cast("MutableMapping[str, Any]", cycle.scope)
-        if scope["method"] != "POST" or app is not self.app or cycle.waiting_for_100_continue:
+        if scope["method"] != "POST" or not scope["path"].startswith(DURABLE_STREAMS_PREFIX):
+            return None  # (other POSTs, e.g. session events, skip the header scan below)
+        if app is not self.app or cycle.waiting_for_100_continue:
             return None  # (another app is uvicorn's 503 for --limit-concurrency)
         headers = header_map(scope["headers"])
         length = headers.get("content-length")
